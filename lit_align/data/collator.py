@@ -1,0 +1,39 @@
+"""Batches of tokenised pairs: chosen rows stacked above rejected rows for a single policy forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class PairCollator:
+    """Pads every sequence of a batch to the batch's longest (right padding).
+
+    Returns ``input_ids`` and ``attention_mask`` of shape ``(2B, T)`` — rows ``[0:B]`` are the chosen
+    sequences (prompt + response), rows ``[B:2B]`` the rejected —, ``response_mask`` ``(2B, T)`` true on
+    response tokens, and ``example_key`` ``(B,)``.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, pairs: list[dict[str, Any]]) -> dict[str, Tensor]:
+        sequences = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs]
+        sequences += [(p["prompt_ids"], p["rejected_ids"]) for p in pairs]
+        width = max(len(prompt) + len(response) for prompt, response in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+        for row, (prompt, response) in enumerate(sequences):
+            end = len(prompt) + len(response)
+            input_ids[row, :end] = torch.tensor(prompt + response, dtype=torch.long)
+            attention_mask[row, :end] = 1
+            response_mask[row, len(prompt) : end] = True
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "response_mask": response_mask,
+            "example_key": torch.tensor([p["example_key"] for p in pairs], dtype=torch.long),
+        }

@@ -1,0 +1,177 @@
+"""``PreferenceDataModule``: preference pairs from a file, a saved dataset or a dataset name, tokenised and
+batched for alignment."""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lit_align.data.collator import PairCollator
+from lit_align.data.formats import RowFormat
+from lit_align.data.tokenize import OK, LengthSettings, PairTokenizer, TruncationMode
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+PAIR_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "example_key"]
+
+
+def load_rows(path: str, split: str) -> Dataset:
+    """Raw rows from a local file (jsonl/json/parquet/csv, optionally .gz), a ``save_to_disk`` directory
+    or a dataset name on the hub."""
+    local = Path(path)
+    try:
+        if local.is_dir():
+            saved = load_from_disk(str(local))
+            return saved[split] if isinstance(saved, DatasetDict) else saved
+        if local.is_file():
+            suffix = Path(local.name.removesuffix(".gz")).suffix
+            if suffix not in _BUILDERS:
+                raise ValueError(f"unsupported file type {suffix!r}; use one of {sorted(_BUILDERS)}")
+            return load_dataset(_BUILDERS[suffix], data_files=str(local), split="train")
+        return load_dataset(path, split=split)
+    except Exception as error:  # datasets wraps parse errors (invalid UTF-8, bad JSON) in its own classes
+        raise ValueError(f"could not read preference data from {path!r} (split {split!r}): {error}") from error
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Preference pairs, tokenised with ``datasets.map`` (cached) and batched by :class:`PairCollator`.
+
+    Bad rows are counted by reason and skipped; the counts are logged at setup and kept in ``report``.
+
+    Args:
+        path: a local file, a ``save_to_disk`` directory or a dataset name.
+        tokenizer: path or name of the tokenizer (its chat template renders conversational rows).
+        row_format: ``auto`` | ``explicit`` | ``conversational`` | ``hh``.
+        split: the split of ``path`` to train on.
+        val_path: held-out pairs; when unset, ``val_fraction`` of ``path`` is held out.
+        val_split: the split of ``val_path`` (or of ``path``) to validate on, when it has splits.
+        val_fraction: fraction of the training pairs held out when ``val_path`` is unset (0 disables).
+        max_length, max_prompt_length, truncation_mode: see :class:`LengthSettings`.
+        batch_size: pairs per training batch (per process).
+        eval_batch_size: pairs per validation batch; defaults to ``batch_size``.
+        num_workers: DataLoader workers.
+        seed: seed of the validation split.
+        trust_remote_code: allow the tokenizer's own code from the hub (off unless asked for).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        tokenizer: str,
+        row_format: RowFormat = "auto",
+        split: str = "train",
+        val_path: str | None = None,
+        val_split: str = "test",
+        val_fraction: float = 0.05,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        truncation_mode: TruncationMode = "keep_end",
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1), got val_fraction={val_fraction}")
+        self.save_hyperparameters()
+        self.lengths = LengthSettings(max_length, max_prompt_length, truncation_mode)
+        self.report: dict[str, dict[str, Counter]] = {}
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return AutoTokenizer.from_pretrained(
+            self.hparams.tokenizer, trust_remote_code=self.hparams.trust_remote_code
+        )
+
+    @property
+    def pad_token_id(self) -> int:
+        """The pad id; a tokenizer without one pads with EOS (pads are masked out either way)."""
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
+    def prepare_data(self) -> None:
+        """Tokenise once per node; ``datasets`` caches the result for ``setup``."""
+        self._tokenised_splits()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.train_set, self.val_set = self._tokenised_splits()
+        for name, counts in self.report.items():
+            rank_zero_info(describe_report(name, counts))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            collate_fn=PairCollator(self.pad_token_id),
+            num_workers=self.hparams.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            return []
+        return DataLoader(
+            self.val_set,
+            batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
+            collate_fn=PairCollator(self.pad_token_id),
+            num_workers=self.hparams.num_workers,
+        )
+
+    def _tokenised_splits(self) -> tuple[Dataset, Dataset | None]:
+        hp = self.hparams
+        train = self._tokenise("train", load_rows(hp.path, hp.split))
+        if hp.val_path is not None:
+            return train, self._tokenise("validation", load_rows(hp.val_path, hp.val_split))
+        if hp.val_fraction == 0:
+            return train, None
+        parts = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+        if len(parts["train"]) == 0 or len(parts["test"]) == 0:
+            raise ValueError(
+                f"val_fraction={hp.val_fraction} of {len(train)} pairs leaves an empty split; "
+                "change val_fraction or give val_path"
+            )
+        return parts["train"], parts["test"]
+
+    def _tokenise(self, name: str, rows: Dataset) -> Dataset:
+        if len(rows) == 0:
+            raise ValueError(f"the {name} data at {self.hparams.path!r} has no rows")
+        tokenised = rows.map(
+            PairTokenizer(self.tokenizer, self.hparams.row_format, self.lengths),
+            batched=True,
+            remove_columns=rows.column_names,
+            desc=f"Tokenising {name} pairs",
+        )
+        self.report[name] = {
+            "rows": Counter({"total": len(tokenised)}),
+            "skipped": Counter(s for s in tokenised["status"] if s != OK),
+            "notes": Counter(note for notes in tokenised["notes"] for note in notes),
+        }
+        kept = tokenised.filter(lambda status: status == OK, input_columns="status").select_columns(PAIR_COLUMNS)
+        if len(kept) == 0:
+            raise ValueError(f"no usable pairs in the {name} data: {describe_report(name, self.report[name])}")
+        return kept
+
+
+def describe_report(name: str, report: dict[str, Counter]) -> str:
+    """One line: how many rows were kept, why the others were skipped, and what was done to kept rows."""
+    total, skipped = report["rows"]["total"], sum(report["skipped"].values())
+
+    def listing(counts: Counter) -> str:
+        return ", ".join(f"{reason}={count}" for reason, count in counts.most_common()) or "none"
+
+    return (
+        f"{name}: kept {total - skipped} of {total} pairs; skipped: {listing(report['skipped'])}; "
+        f"notes on kept pairs: {listing(report['notes'])}"
+    )

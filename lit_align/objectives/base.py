@@ -1,0 +1,114 @@
+"""The Objective contract: what an objective needs from a batch of preference pairs, and what it returns.
+
+An objective is a pure function of per-pair tensors. It knows nothing of Lightning, of models or of
+data loading: the module computes exactly the quantities an objective declares in ``needs`` and hands
+them over as :class:`PreferenceInputs`; the objective returns an :class:`ObjectiveOutput`.
+Other projects can import any objective and call it on plain tensors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from torch import Tensor
+
+Need = Literal["reference_logps", "token_kl", "sae_features"]
+"""Quantities beyond the policy's own log-probs that an objective may ask for:
+
+- ``reference_logps``: summed reference log-probs of each response (any reference provider, or a store).
+- ``token_kl``: the sequential token-level KL ``Σ_t KL(π_ref(·|x, y<t) ‖ π_θ(·|x, y<t))``; it needs the
+  reference's full next-token distributions, so only an online reference can provide it.
+- ``sae_features``: response-pooled sparse-autoencoder features of policy and reference at one layer.
+"""
+
+
+@dataclass
+class PreferenceInputs:
+    """Per-pair quantities for one batch. Every tensor has shape ``(batch,)`` unless noted.
+
+    The policy fields are always present; the others are filled only when the objective asks for them.
+    Log-probs are summed over response tokens: ``log π(y|x) = Σ_t log π(y_t|x, y_<t)``.
+    """
+
+    policy_chosen_logps: Tensor
+    policy_rejected_logps: Tensor
+    chosen_lengths: Tensor
+    """Number of response tokens of the chosen response (float, ≥ 1)."""
+    rejected_lengths: Tensor
+    ref_chosen_logps: Tensor | None = None
+    ref_rejected_logps: Tensor | None = None
+    chosen_seq_kl: Tensor | None = None
+    """``SeqKL(x, y_w) = Σ_t KL(π_ref ‖ π_θ)`` over the chosen response (``token_kl``)."""
+    rejected_seq_kl: Tensor | None = None
+    policy_chosen_features: Tensor | None = None
+    """Response-pooled SAE features, shape ``(batch, d_sae)`` (``sae_features``)."""
+    policy_rejected_features: Tensor | None = None
+    ref_chosen_features: Tensor | None = None
+    ref_rejected_features: Tensor | None = None
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns: per-pair losses, detached implicit rewards and extra metrics.
+
+    ``metrics`` maps a metric name (``"kl/chosen"``) to a per-pair tensor of shape ``(batch,)``; the module
+    averages each across micro-batches and processes.
+    """
+
+    losses: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> Tensor:
+        """The batch loss: the mean of the per-pair losses."""
+        return self.losses.mean()
+
+
+class Objective(ABC):
+    """Base class of every alignment objective.
+
+    Subclasses set ``needs`` to the quantities they read from :class:`PreferenceInputs` beyond the
+    policy's log-probs and lengths, and implement :meth:`forward`.
+    """
+
+    needs: ClassVar[frozenset[Need]] = frozenset({"reference_logps"})
+
+    @abstractmethod
+    def forward(self, inputs: PreferenceInputs) -> ObjectiveOutput:
+        """Compute the loss for one batch of pairs."""
+
+    def __call__(self, inputs: PreferenceInputs) -> ObjectiveOutput:
+        missing = [name for name in self._required_fields() if getattr(inputs, name) is None]
+        if missing:
+            raise ValueError(f"{type(self).__name__} needs {sorted(self.needs)}; missing inputs: {missing}")
+        return self.forward(inputs)
+
+    def _required_fields(self) -> list[str]:
+        return [name for need in self.needs for name in _FIELDS_OF_NEED[need]]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+_FIELDS_OF_NEED: dict[str, tuple[str, ...]] = {
+    "reference_logps": ("ref_chosen_logps", "ref_rejected_logps"),
+    "token_kl": ("chosen_seq_kl", "rejected_seq_kl"),
+    "sae_features": (
+        "policy_chosen_features",
+        "policy_rejected_features",
+        "ref_chosen_features",
+        "ref_rejected_features",
+    ),
+}
+
+
+def check_beta(beta: float) -> float:
+    """Refuse a non-positive β at construction time, naming the parameter."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got beta={beta}")
+    return beta
