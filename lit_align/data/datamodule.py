@@ -111,23 +111,26 @@ class PreferenceDataModule(L.LightningDataModule):
             rank_zero_info(describe_report(name, counts))
 
     def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, self.hparams.eval_batch_size or self.hparams.batch_size)
+
+    def _loader(self, split: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
         return DataLoader(
-            self.train_set,
-            batch_size=self.hparams.batch_size,
-            shuffle=True,
+            split,
+            batch_size=batch_size,
+            shuffle=shuffle,
             collate_fn=PairCollator(self.pad_token_id),
             num_workers=self.hparams.num_workers,
         )
 
-    def val_dataloader(self) -> DataLoader:
-        if self.val_set is None:
-            return []
-        return DataLoader(
-            self.val_set,
-            batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
-            collate_fn=PairCollator(self.pad_token_id),
-            num_workers=self.hparams.num_workers,
-        )
+    def predict_dataloader(self) -> list[DataLoader]:
+        """Every training and validation pair, unshuffled (used to fill the offline reference store)."""
+        splits = [split for split in (self.train_set, self.val_set) if split is not None]
+        return [self._loader(split, self.hparams.eval_batch_size or self.hparams.batch_size) for split in splits]
 
     def _tokenised_splits(self) -> tuple[Dataset, Dataset | None]:
         hp = self.hparams

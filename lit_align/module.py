@@ -1,0 +1,172 @@
+"""``AlignmentModule``: a policy, a reference and an objective — nothing else.
+
+The data path reads as one line: batch → policy hidden states → what the objective needs (response
+log-probs, the reference's, token-level KL) → objective → loss and metrics. The module does not know which
+objective it runs, and the objective does not know it is inside Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import is_dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lit_align.logprobs import sequence_logps
+from lit_align.metrics import MetricBank, pair_metrics
+from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs
+from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head
+from lit_align.reference import DisabledAdapter, FrozenCopy, ReferenceProvider
+from lit_align.token_kl import sequence_logps_and_kl
+
+
+def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=5e-6, weight_decay=0.0)
+
+
+def default_reference(policy: PolicySpec) -> ReferenceProvider:
+    """The adapter-disabled base for a LoRA policy, otherwise a frozen copy of the initial policy."""
+    return DisabledAdapter() if policy.lora is not None else FrozenCopy()
+
+
+class AlignmentModule(L.LightningModule):
+    """Aligns ``policy`` with ``objective`` against ``reference``.
+
+    Args:
+        objective: any :class:`~lit_align.objectives.Objective` (``class_path`` in YAML).
+        policy: where the policy comes from (path or config, dtype, checkpointing, LoRA).
+        reference: a :class:`~lit_align.reference.ReferenceProvider`; unset picks the adapter-disabled base
+            for a LoRA policy and a frozen copy otherwise. Objectives that need no reference get none.
+        optimizer: optimizer factory over the trainable parameters.
+        lr_scheduler: optional scheduler factory, stepped every optimizer step.
+        disable_dropout: zero every dropout of the policy (as DPO implementations do), so that policy and
+            reference see the same function at step 0.
+        logits_chunk_size: response positions per LM-head call.
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        policy: PolicySpec,
+        reference: ReferenceProvider | None = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        disable_dropout: bool = True,
+        logits_chunk_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=_objects(objective=objective, policy=policy, reference=reference,
+                                                  optimizer=optimizer, lr_scheduler=lr_scheduler))
+        self.objective = objective
+        self.policy_spec = policy
+        if objective.needs and reference is None:
+            reference = default_reference(policy)
+        self.reference = reference if objective.needs else None
+        if self.reference is not None:
+            self.reference.check(objective.needs, type(objective).__name__)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.disable_dropout = disable_dropout
+        self.logits_chunk_size = logits_chunk_size
+        self.policy: nn.Module | None = None
+        self.train_metrics = MetricBank()
+        self.val_metrics = MetricBank()
+
+    def configure_model(self) -> None:
+        """Build the policy (here, so a strategy can shard it) and attach the reference to it."""
+        if self.policy is not None:
+            return
+        self.policy = build_policy(self.policy_spec).train()
+        if self.disable_dropout:
+            for layer in self.policy.modules():
+                if isinstance(layer, nn.Dropout):
+                    layer.p = 0.0
+        if self.reference is not None:
+            datamodule = self.trainer.datamodule if self._trainer is not None else None
+            self.reference.attach(self.policy, datamodule)
+
+    def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
+        return self.objective(self.preference_inputs(batch))
+
+    def preference_inputs(self, batch: dict[str, Tensor]) -> PreferenceInputs:
+        """Compute, for one batch, exactly the quantities the objective needs."""
+        needs = self.objective.needs
+        ids, mask = batch["input_ids"], batch["response_mask"]
+        hidden = final_hidden(self.policy, ids, batch["attention_mask"])
+        ref_logps = seq_kl = None
+        if "token_kl" in needs:
+            ref_hidden, ref_head = self.reference.final_hidden(batch)
+            logps, ref_logps, seq_kl = sequence_logps_and_kl(
+                hidden, lm_head(self.policy), ref_hidden, ref_head, ids, mask, self.logits_chunk_size
+            )
+        else:
+            logps = sequence_logps(hidden, lm_head(self.policy), ids, mask, self.logits_chunk_size)
+            if "reference_logps" in needs:
+                ref_logps = self.reference.sequence_logps(batch)
+        lengths = mask[:, 1:].sum(-1).float()
+        return PreferenceInputs(
+            *logps.chunk(2),
+            *lengths.chunk(2),
+            *(ref_logps.chunk(2) if ref_logps is not None else (None, None)),
+            *(seq_kl.chunk(2) if seq_kl is not None else (None, None)),
+        )
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        inputs = self.preference_inputs(batch)
+        output = self.objective(inputs)
+        self._log_metrics("train", self.train_metrics, output, inputs)
+        return output.loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        inputs = self.preference_inputs(batch)
+        self._log_metrics("val", self.val_metrics, self.objective(inputs), inputs)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Reference log-probs of each pair, for the offline store (see ``lit-align precompute``)."""
+        logps = self.reference.sequence_logps(batch)
+        lengths = batch["response_mask"][:, 1:].sum(-1).float()
+        chosen_logps, rejected_logps = logps.chunk(2)
+        chosen_lengths, rejected_lengths = lengths.chunk(2)
+        return {
+            "example_key": batch["example_key"],
+            "chosen_logps": chosen_logps,
+            "rejected_logps": rejected_logps,
+            "chosen_lengths": chosen_lengths,
+            "rejected_lengths": rejected_lengths,
+        }
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _log_metrics(self, stage: str, bank: MetricBank, output: ObjectiveOutput, inputs: PreferenceInputs) -> None:
+        values = pair_metrics(output, inputs.policy_chosen_logps, inputs.policy_rejected_logps)
+        batch_size = len(output.losses)
+        for name, (metric, attribute) in bank(values).items():
+            self.log(
+                f"{stage}/{name}",
+                metric,
+                metric_attribute=f"{stage}_metrics.{attribute}",
+                on_step=stage == "train",
+                on_epoch=True,
+                prog_bar=name in ("loss", "rewards/accuracies"),
+                batch_size=batch_size,
+            )
+
+
+def _objects(**arguments: Any) -> list[str]:
+    """Names of arguments that are objects rather than plain data.
+
+    From the CLI every argument arrives as plain data and is saved, so checkpoints load weights-only and
+    rebuild the module from its config; from Python, objects are left out of the hyperparameters and
+    ``load_from_checkpoint`` takes them again as keyword arguments.
+    """
+    plain = (str, int, float, bool, type(None), dict, list)
+    return [name for name, value in arguments.items() if not isinstance(value, plain) or is_dataclass(value)]

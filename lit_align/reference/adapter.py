@@ -1,0 +1,39 @@
+"""The LoRA policy's own base model, adapters disabled, as the reference: no second copy of the weights."""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from torch import Tensor, nn
+
+from lit_align.policy import final_hidden, lm_head
+from lit_align.reference.base import OnlineReference
+
+
+class DisabledAdapter(OnlineReference):
+    """The reference is the policy with its LoRA adapter switched off (peft's ``disable_adapter``),
+    run in eval mode without gradients."""
+
+    def __init__(self) -> None:
+        self.policy: PeftModel | None = None
+
+    def attach(self, policy: nn.Module, datamodule=None) -> None:
+        if not isinstance(policy, PeftModel):
+            raise ValueError(
+                "DisabledAdapter needs a LoRA policy: set model.policy.lora, or use FrozenCopy as the reference"
+            )
+        if isinstance(lm_head(policy), LoraLayer):
+            raise ValueError("DisabledAdapter runs the LM head outside disable_adapter(); keep lm_head out of "
+                             "the LoRA target_modules")
+        self.policy = policy
+
+    def final_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, nn.Module]:
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with torch.no_grad(), self.policy.disable_adapter():
+                hidden = final_hidden(self.policy, batch["input_ids"], batch["attention_mask"])
+        finally:
+            self.policy.train(was_training)
+        return hidden, lm_head(self.policy)

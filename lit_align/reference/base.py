@@ -1,0 +1,60 @@
+"""The reference-provider contract: one interface for a frozen copy, the adapter-disabled base and a store."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lit_align.logprobs import sequence_logps
+from lit_align.objectives.base import Need
+
+
+class ReferenceProvider(ABC):
+    """Supplies the reference side of an objective's inputs.
+
+    ``provides`` lists the :data:`~lit_align.objectives.base.Need` values it can serve; the module checks an
+    objective's ``needs`` against it at setup. The reference is never a registered submodule of the
+    LightningModule, so it stays out of the optimizer and out of checkpoints.
+    """
+
+    provides: ClassVar[frozenset[Need]]
+
+    def check(self, needs: frozenset[Need], objective_name: str) -> None:
+        """Refuse an objective whose needs this provider cannot serve, saying how to fix it."""
+        missing = needs - self.provides
+        if missing:
+            raise ValueError(
+                f"{objective_name} needs {sorted(missing)}, which {type(self).__name__} cannot provide "
+                f"(it provides {sorted(self.provides)}). {self._remedy(missing)}"
+            )
+
+    def _remedy(self, missing: frozenset[Need]) -> str:
+        return "Use an online reference (FrozenCopy, or DisabledAdapter with a LoRA policy)."
+
+    @abstractmethod
+    def attach(self, policy: nn.Module, datamodule=None) -> None:
+        """Prepare the reference for ``policy`` (called in ``configure_model``, before any training).
+
+        ``datamodule`` is the run's data, when there is one; a store checks that it covers it."""
+
+    @abstractmethod
+    def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
+        """Summed reference log-probs of each response, ``(2B,)`` in the batch's row order."""
+
+
+class OnlineReference(ReferenceProvider):
+    """A reference model that runs on every batch; it also serves full next-token distributions."""
+
+    provides: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "token_kl", "sae_features"})
+
+    @abstractmethod
+    def final_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, nn.Module]:
+        """The reference's final hidden states ``(2B, T, H)`` (no grad) and its LM head."""
+
+    def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
+        hidden, head = self.final_hidden(batch)
+        with torch.no_grad():
+            return sequence_logps(hidden, head, batch["input_ids"], batch["response_mask"])
