@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from lit_align.logprobs import sequence_logps
@@ -59,8 +60,8 @@ class AlignmentModule(L.LightningModule):
         logits_chunk_size: int = 4096,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=_objects(objective=objective, policy=policy, reference=reference,
-                                                  optimizer=optimizer, lr_scheduler=lr_scheduler))
+        self.save_hyperparameters(ignore=_python_objects(objective=objective, policy=policy, reference=reference,
+                                                         optimizer=optimizer, lr_scheduler=lr_scheduler))
         self.objective = objective
         self.policy_spec = policy
         if objective.needs and reference is None:
@@ -161,12 +162,14 @@ class AlignmentModule(L.LightningModule):
             )
 
 
-def _objects(**arguments: Any) -> list[str]:
-    """Names of arguments that are objects rather than plain data.
+def _python_objects(**arguments: Any) -> list[str]:
+    """Names of arguments to leave out of the saved hyperparameters.
 
-    From the CLI every argument arrives as plain data and is saved, so checkpoints load weights-only and
-    rebuild the module from its config; from Python, objects are left out of the hyperparameters and
-    ``load_from_checkpoint`` takes them again as keyword arguments.
+    Built by LightningCLI, the module's hyperparameters are its parsed config (plain data), so checkpoints
+    load weights-only and ``load_from_checkpoint`` rebuilds the module alone. Built from Python, objects are
+    left out (they would need pickle) and ``load_from_checkpoint`` takes them again as keyword arguments.
     """
+    if _given_hyperparameters.get() is not None:
+        return []
     plain = (str, int, float, bool, type(None), dict, list)
     return [name for name, value in arguments.items() if not isinstance(value, plain) or is_dataclass(value)]
