@@ -1,0 +1,95 @@
+"""Residual activations of a policy over a text corpus: the training data of an SAE.
+
+Every non-padding, non-special token of every text contributes one row (special tokens such as BOS carry
+outlier activations an SAE should not spend features on). Rows are kept on the CPU in the model's dtype.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lit_align.sae.hooks import residual_stream
+
+
+def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
+    """Texts of a ``.jsonl`` (or ``.jsonl.gz``) file, one per row: ``text`` if present, else ``prompt`` +
+    ``chosen``, else ``chosen`` (HH-RLHF rows hold the whole dialogue in ``chosen``).
+
+    Args:
+        path: the file.
+        limit: read at most this many rows.
+    """
+    texts = []
+    for row in _rows(Path(path)):
+        if limit is not None and len(texts) >= limit:
+            break
+        if "text" in row:
+            texts.append(row["text"])
+        elif "chosen" in row:
+            texts.append(row.get("prompt", "") + row["chosen"])
+        else:
+            raise ValueError(f"{path}: a row has neither 'text' nor 'chosen': keys {sorted(row)}")
+    return texts
+
+
+def _rows(path: Path) -> Iterator[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as file:
+        for line in file:
+            if line.strip():
+                yield json.loads(line)
+
+
+@torch.no_grad()
+def collect_activations(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    layer: int,
+    batch_size: int = 8,
+    max_length: int = 256,
+    max_tokens: int | None = None,
+) -> Tensor:
+    """Residual activations at the output of decoder layer ``layer`` for every content token of ``texts``.
+
+    Args:
+        model: the policy (``transformers`` causal LM, on any device); only layers ``0..layer`` run.
+        tokenizer: its tokenizer, with a pad token.
+        texts: the corpus.
+        layer: decoder layer index.
+        batch_size: texts per forward pass.
+        max_length: truncate each text to this many tokens.
+        max_tokens: stop once this many rows are collected.
+
+    Returns:
+        ``(tokens, hidden)`` on the CPU, in the model's dtype.
+    """
+    device = next(model.parameters()).device
+    chunks: list[Tensor] = []
+    collected = 0
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(
+            list(texts[start : start + batch_size]),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_special_tokens_mask=True,
+        )
+        residual = residual_stream(
+            model, layer, encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+        )
+        keep = encoded["attention_mask"].bool() & ~encoded["special_tokens_mask"].bool()
+        chunks.append(residual[keep.to(device)].cpu())
+        collected += chunks[-1].shape[0]
+        if max_tokens is not None and collected >= max_tokens:
+            break
+    if not chunks:
+        raise ValueError("no texts to collect activations from")
+    return torch.cat(chunks)[:max_tokens]
