@@ -28,7 +28,7 @@ class AlignmentTrainer(L.Trainer):
             raise ValueError("precompute fills an offline store: set model.reference to OfflineStore(path=...)")
         model.reference = store.source or default_reference(model.policy_spec)
         try:
-            batches = self.predict(model, dataloaders=datamodule.predict_dataloader(), return_predictions=True)
+            batches = self.predict(model, datamodule=datamodule, return_predictions=True)
         finally:
             model.reference = store
         columns = _gather(self, batches)
