@@ -9,19 +9,22 @@ with f' applied to the sequence probability ratio ``u = exp(r)``, ``r = log π_�
 summed log-ratio. The derivatives (paper, Table 1), written in r:
 
     reverse KL   f(u) = u log u                              f'(u) = log u + 1        -> r
-    forward KL   f(u) = -log u                               f'(u) = -1/u             -> -exp(-r)
+    forward KL   f(u) = -log u                               f'(u) = -1/u             -> 1 - exp(-r)
     JS           f(u) = u log u - (u+1) log((u+1)/2)          f'(u) = log(2u/(1+u))    -> log 2 - softplus(-r)
     α-divergence f(u) = (u^(1-α) - (1-α)u - α) / (α(α-1))     f'(u) = (1 - u^(-α)) / α -> (1 - exp(-α r)) / α
 
-Additive constants cancel in the loss; reverse KL drops its "+1" so that its rewards are DPO's ``β r``.
+Additive constants cancel in the loss; they are chosen so that f'(1) = 0 (the reward is zero where the policy
+equals its reference): reverse KL drops its "+1", so its rewards are DPO's ``β r``, and forward KL adds 1, as
+TRL 1.16 writes it.
 α → 0 recovers reverse KL and α = 1 forward KL (up to a constant).
 Exponentials are capped at the dtype's largest finite exponent (as TRL's ``cap_exp``), so loss and
 gradient stay finite for log-ratios of ±1000.
 
 Mapping to TRL's ``DPOConfig``: ``divergence="reverse_kl"`` is ``f_divergence_type="reverse_kl"``,
-``"js"`` is ``"js_divergence"``, ``"alpha"`` is ``"alpha_divergence"`` with
-``f_alpha_divergence_coef = 1 - alpha`` (TRL ≥ 0.29 writes its exponent as ``-(1 - coef)``); forward KL is
-``"alpha_divergence"`` with ``f_alpha_divergence_coef = 0``.
+``"js"`` is ``"js_divergence"``, ``"forward_kl"`` is ``"forward_kl"`` (or ``"alpha_divergence"`` with
+``f_alpha_divergence_coef = 0``), and ``"alpha"`` is ``"alpha_divergence"`` with
+``f_alpha_divergence_coef = 1 - alpha`` (TRL ≥ 0.29 writes its exponent as ``(coef - 1) r``; TRL ≤ 0.28 used
+``coef = alpha`` directly, forward KL at ``coef = 1``).
 """
 
 from __future__ import annotations
@@ -46,11 +49,11 @@ def capped_exp(x: Tensor) -> Tensor:
 
 
 def f_prime(log_ratio: Tensor, divergence: Divergence, alpha: float = 0.5) -> Tensor:
-    """``f'(u)`` at ``u = exp(log_ratio)`` for the chosen divergence (additive constants dropped)."""
+    """``f'(u)`` at ``u = exp(log_ratio)`` for the chosen divergence, shifted so that ``f'(1) = 0``."""
     if divergence == "reverse_kl":
         return log_ratio
     if divergence == "forward_kl":
-        return -capped_exp(-log_ratio)
+        return 1.0 - capped_exp(-log_ratio)
     if divergence == "js":
         return math.log(2.0) - F.softplus(-log_ratio)
     if divergence == "alpha":

@@ -1,0 +1,164 @@
+"""Pairwise preference objectives: an f-divergence transform, then a loss shape.
+
+    s = f'(π_θ(y|x) / π_ref(y|x)) - f'(1)     per response (Wang et al. 2023, https://arxiv.org/abs/2309.16240)
+    L = shape(s_w, s_l, ...)                  per pair (:mod:`lit_align.objectives.shapes`)
+
+With the reverse KL, ``s`` is the log-ratio ``r = log π_θ(y|x) - log π_ref(y|x)`` and ``shape="sigmoid"``
+is DPO.
+Subtracting ``f'(1)`` makes every score zero where the policy equals its reference, which is TRL 1.16's
+convention; it changes nothing for shapes that read only the margin ``s_w - s_l``, but it does for the
+length-normalised ones (IPO, ``sigmoid_norm``) and for the logged rewards ``β s``.
+"""
+
+from __future__ import annotations
+
+from jsonargparse.typing import OpenUnitInterval, PositiveFloat
+from torch import Tensor
+
+from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs, check_beta
+from lit_align.objectives.fdpo import Divergence, f_prime
+from lit_align.objectives.shapes import LOSS_SHAPES, LabelSmoothing, Pair, ShapeName, ShapeParams
+
+
+def check_pairwise_options(
+    shape: str, divergence: str, beta: float, alpha: float, label_smoothing: float, discopop_tau: float
+) -> None:
+    """Refuse an unknown shape or divergence, an out-of-range hyperparameter, a divergence the shape has no
+    generalisation for, and a label smoothing the shape would ignore (or needs but did not get)."""
+    if shape not in LOSS_SHAPES:
+        raise ValueError(f"unknown loss shape {shape!r}; choose one of {sorted(LOSS_SHAPES)}")
+    if divergence not in Divergence.__args__:
+        raise ValueError(f"unknown divergence {divergence!r}; choose one of {Divergence.__args__}")
+    check_beta(beta)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got alpha={alpha}")
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must lie in [0, 0.5), got label_smoothing={label_smoothing}")
+    if not discopop_tau > 0:
+        raise ValueError(f"discopop_tau must be > 0, got discopop_tau={discopop_tau}")
+    spec = LOSS_SHAPES[shape]
+    if divergence != "reverse_kl" and not spec.f_divergence:
+        allowed = sorted(name for name, s in LOSS_SHAPES.items() if s.f_divergence)
+        raise ValueError(
+            f"loss shape {shape!r} has no f-divergence generalisation, so it cannot use "
+            f"divergence={divergence!r}; use divergence='reverse_kl' with {shape!r}, or one of the shapes "
+            f"{allowed} with {divergence!r}"
+        )
+    if spec.label_smoothing == "unused" and label_smoothing > 0:
+        readers = sorted(name for name, s in LOSS_SHAPES.items() if s.label_smoothing != "unused")
+        raise ValueError(
+            f"loss shape {shape!r} does not use label_smoothing (got {label_smoothing}); set it to 0, or "
+            f"pick one of the shapes that read it: {readers}"
+        )
+    if spec.label_smoothing == "required" and label_smoothing == 0:
+        raise ValueError(f"loss shape {shape!r} needs label_smoothing > 0 (its paper suggests 1e-3)")
+
+
+def pairwise_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    *,
+    shape: ShapeName = "sigmoid",
+    divergence: Divergence = "reverse_kl",
+    beta: float = 0.1,
+    alpha: float = 0.5,
+    label_smoothing: float = 0.0,
+    discopop_tau: float = 0.05,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-pair loss of a loss shape applied to f-divergence scores.
+
+    Args:
+        policy_chosen_logps: summed policy log-probs of the chosen responses. Shape ``(batch,)``.
+        policy_rejected_logps: the same for the rejected responses. Shape ``(batch,)``.
+        ref_chosen_logps: summed reference log-probs of the chosen responses. Shape ``(batch,)``.
+        ref_rejected_logps: the same for the rejected responses. Shape ``(batch,)``.
+        chosen_lengths: response tokens of each chosen response (≥ 1). Shape ``(batch,)``.
+        rejected_lengths: the same for the rejected responses. Shape ``(batch,)``.
+        shape: the loss shape, a key of :data:`lit_align.objectives.shapes.LOSS_SHAPES`.
+        divergence: ``reverse_kl`` | ``forward_kl`` | ``js`` | ``alpha``; shapes without an f-divergence
+            generalisation accept ``reverse_kl`` only.
+        beta: strength β > 0 (IPO's τ); typically 0.01-0.5.
+        alpha: α in (0, 1) of the α-divergence; ignored by the other divergences.
+        label_smoothing: ε in [0, 0.5) for ``conservative``, ``robust``, ``aot``, ``aot_unpaired`` and
+            ``exo_pair`` (which needs ε > 0); the other shapes refuse ε > 0.
+        discopop_tau: DiscoPOP's temperature τ > 0; ignored by the other shapes.
+
+    Returns:
+        ``(losses, chosen_rewards, rejected_rewards)``, each of shape ``(batch,)``; the rewards are ``β s``,
+        detached.
+    """
+    check_pairwise_options(shape, divergence, beta, alpha, label_smoothing, discopop_tau)
+    chosen = f_prime(policy_chosen_logps - ref_chosen_logps, divergence, alpha)
+    rejected = f_prime(policy_rejected_logps - ref_rejected_logps, divergence, alpha)
+    pair = Pair(
+        chosen=chosen,
+        rejected=rejected,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+        policy_margin=policy_chosen_logps - policy_rejected_logps,
+        reference_margin=ref_chosen_logps - ref_rejected_logps,
+    )
+    losses = LOSS_SHAPES[shape].loss(pair, ShapeParams(beta, label_smoothing, discopop_tau))
+    return losses, (beta * chosen).detach(), (beta * rejected).detach()
+
+
+class PairwiseObjective(Objective):
+    """A pairwise preference loss: any of the loss shapes of :mod:`lit_align.objectives.shapes` (DPO, cDPO,
+    rDPO, SLiC hinge, IPO, EXO, NCA, BCO, SPPO, AOT, APO, DiscoPOP, length-normalised DPO) applied to f-DPO
+    scores; ``PairwiseObjective()`` is DPO with β = 0.1.
+
+    The scores generalise the log-ratio of DPO to an f-divergence constraint (Wang et al. 2023); shapes that
+    read more than the chosen-minus-rejected margin accept the reverse KL only, and say so at construction.
+
+    Args:
+        shape: the loss shape's name (the table in ``docs/objectives.md``).
+        divergence: ``reverse_kl`` (default) | ``forward_kl`` | ``js`` | ``alpha``.
+        beta: strength β > 0; typically 0.1 (IPO's τ: 0.01-1).
+        alpha: α in (0, 1) of the α-divergence (the f-DPO paper sweeps 0.3, 0.5, 0.7).
+        label_smoothing: ε in [0, 0.5): the label-flip rate of ``conservative``, ``robust``, ``aot`` and
+            ``aot_unpaired`` (rDPO suggests 0.1), EXO's ε (``exo_pair`` needs ε > 0; its paper suggests 1e-3).
+        discopop_tau: DiscoPOP's temperature τ > 0; the paper uses 0.05.
+    """
+
+    def __init__(
+        self,
+        shape: ShapeName = "sigmoid",
+        divergence: Divergence = "reverse_kl",
+        beta: PositiveFloat = 0.1,
+        alpha: OpenUnitInterval = 0.5,
+        label_smoothing: LabelSmoothing = 0.0,
+        discopop_tau: PositiveFloat = 0.05,
+    ) -> None:
+        check_pairwise_options(shape, divergence, beta, alpha, label_smoothing, discopop_tau)
+        self.shape = shape
+        self.divergence = divergence
+        self.beta = beta
+        self.alpha = alpha
+        self.label_smoothing = label_smoothing
+        self.discopop_tau = discopop_tau
+
+    @property
+    def name(self) -> str:
+        """The shape's name: the label of this part's loss in a mixture."""
+        return self.shape
+
+    def forward(self, inputs: PreferenceInputs) -> ObjectiveOutput:
+        losses, chosen_rewards, rejected_rewards = pairwise_loss(
+            inputs.policy_chosen_logps,
+            inputs.policy_rejected_logps,
+            inputs.ref_chosen_logps,
+            inputs.ref_rejected_logps,
+            inputs.chosen_lengths,
+            inputs.rejected_lengths,
+            shape=self.shape,
+            divergence=self.divergence,
+            beta=self.beta,
+            alpha=self.alpha,
+            label_smoothing=self.label_smoothing,
+            discopop_tau=self.discopop_tau,
+        )
+        return ObjectiveOutput(losses, chosen_rewards, rejected_rewards)
