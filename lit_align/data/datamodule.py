@@ -3,6 +3,7 @@ batched for alignment."""
 
 from __future__ import annotations
 
+import gzip
 from collections import Counter
 from functools import cached_property
 from pathlib import Path
@@ -23,20 +24,45 @@ PAIR_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "example_key"]
 
 def load_rows(path: str, split: str) -> Dataset:
     """Raw rows from a local file (jsonl/json/parquet/csv, optionally .gz), a ``save_to_disk`` directory
-    or a dataset name on the hub."""
-    local = Path(path)
+    or a dataset name on the hub; any failure is a ValueError naming ``path`` and the innermost cause."""
     try:
-        if local.is_dir():
-            saved = load_from_disk(str(local))
-            return saved[split] if isinstance(saved, DatasetDict) else saved
-        if local.is_file():
-            suffix = Path(local.name.removesuffix(".gz")).suffix
-            if suffix not in _BUILDERS:
-                raise ValueError(f"unsupported file type {suffix!r}; use one of {sorted(_BUILDERS)}")
-            return load_dataset(_BUILDERS[suffix], data_files=str(local), split="train")
-        return load_dataset(path, split=split)
+        rows = _read_rows(Path(path), path, split)
+        rows.data.table.validate(full=True)  # Arrow's JSON reader keeps invalid UTF-8 until a row is read
     except Exception as error:  # datasets wraps parse errors (invalid UTF-8, bad JSON) in its own classes
-        raise ValueError(f"could not read preference data from {path!r} (split {split!r}): {error}") from error
+        message = f"could not read preference data from {path!r} (split {split!r}): {_reason(error)}"
+        raise ValueError(message) from error
+    return rows
+
+
+def _read_rows(local: Path, path: str, split: str) -> Dataset:
+    if local.is_dir():
+        saved = load_from_disk(str(local))
+        if isinstance(saved, DatasetDict) and split not in saved:
+            raise ValueError(f"no split {split!r}; the saved dataset has {sorted(saved)}")
+        return saved[split] if isinstance(saved, DatasetDict) else saved
+    if local.is_file():
+        suffix = Path(local.name.removesuffix(".gz")).suffix
+        if suffix not in _BUILDERS:
+            raise ValueError(f"unsupported file type {suffix!r}; use one of {sorted(_BUILDERS)}")
+        if _is_blank(local):
+            raise ValueError("the file is empty")
+        return load_dataset(_BUILDERS[suffix], data_files=str(local), split="train")
+    return load_dataset(path, split=split)
+
+
+def _is_blank(local: Path) -> bool:
+    opener = gzip.open if local.suffix == ".gz" else open
+    with opener(local, "rb") as handle:
+        return not any(chunk.strip() for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause as ``Type: message`` (datasets hides e.g. a UnicodeDecodeError behind its own)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    if "corresponds to no data" in str(error):  # how datasets says that a file parsed to zero rows
+        return "the file holds no rows"
+    return f"{type(error).__name__}: {error}"
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -134,22 +160,23 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _tokenised_splits(self) -> tuple[Dataset, Dataset | None]:
         hp = self.hparams
-        train = self._tokenise("train", load_rows(hp.path, hp.split))
+        train = self._tokenise("train", load_rows(hp.path, hp.split), hp.path)
         if hp.val_path is not None:
-            return train, self._tokenise("validation", load_rows(hp.val_path, hp.val_split))
+            return train, self._tokenise("validation", load_rows(hp.val_path, hp.val_split), hp.val_path)
         if hp.val_fraction == 0:
             return train, None
-        parts = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
-        if len(parts["train"]) == 0 or len(parts["test"]) == 0:
+        try:  # datasets refuses a split that would leave either side empty
+            parts = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+        except ValueError as error:
             raise ValueError(
-                f"val_fraction={hp.val_fraction} of {len(train)} pairs leaves an empty split; "
+                f"val_fraction={hp.val_fraction} of {len(train)} usable pairs leaves an empty split; "
                 "change val_fraction or give val_path"
-            )
+            ) from error
         return parts["train"], parts["test"]
 
-    def _tokenise(self, name: str, rows: Dataset) -> Dataset:
+    def _tokenise(self, name: str, rows: Dataset, path: str) -> Dataset:
         if len(rows) == 0:
-            raise ValueError(f"the {name} data at {self.hparams.path!r} has no rows")
+            raise ValueError(f"the {name} data at {path!r} has no rows")
         tokenised = rows.map(
             PairTokenizer(self.tokenizer, self.hparams.row_format, self.lengths),
             batched=True,

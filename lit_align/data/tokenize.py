@@ -125,8 +125,9 @@ class PairTokenizer:
     def _chat_template(self, messages, add_generation_prompt: bool) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(
-                "conversational rows need a tokenizer with a chat template; set tokenizer.chat_template "
-                "or convert the data to prompt/chosen/rejected strings"
+                "conversational rows need a tokenizer with a chat template and "
+                f"{self.tokenizer.name_or_path!r} has none; set tokenizer.chat_template and save_pretrained "
+                "the tokenizer, or convert the data to prompt/chosen/rejected strings"
             )
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
