@@ -18,8 +18,9 @@ class AlignmentCLI(LightningCLI):
         return {**LightningCLI.subcommands(), "precompute": {"model", "datamodule"}}
 
 
-def main(args: list[str] | None = None) -> AlignmentCLI:
-    return AlignmentCLI(
+def main(args: list[str] | None = None) -> None:
+    """The ``lit-align`` console script."""
+    AlignmentCLI(
         AlignmentModule,
         PreferenceDataModule,
         trainer_class=AlignmentTrainer,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import AttributeDict, rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -108,6 +108,12 @@ class PreferenceDataModule(L.LightningDataModule):
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got val_fraction={val_fraction}")
         self.save_hyperparameters()
+        # the settings this class reads; a subclass's own hyperparameters may differ (see ControlledTaskDataModule)
+        self.settings = AttributeDict(
+            path=path, tokenizer=tokenizer, row_format=row_format, split=split, val_path=val_path,
+            val_split=val_split, val_fraction=val_fraction, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            num_workers=num_workers, seed=seed, trust_remote_code=trust_remote_code,
+        )
         self.lengths = LengthSettings(max_length, max_prompt_length, truncation_mode)
         self.report: dict[str, dict[str, Counter]] = {}
         self.train_set: Dataset | None = None
@@ -116,7 +122,7 @@ class PreferenceDataModule(L.LightningDataModule):
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(
-            self.hparams.tokenizer, trust_remote_code=self.hparams.trust_remote_code
+            self.settings.tokenizer, trust_remote_code=self.settings.trust_remote_code
         )
 
     @property
@@ -137,12 +143,12 @@ class PreferenceDataModule(L.LightningDataModule):
             rank_zero_info(describe_report(name, counts))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.settings.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.hparams.eval_batch_size or self.hparams.batch_size)
+        return self._loader(self.val_set, self.settings.eval_batch_size or self.settings.batch_size)
 
     def _loader(self, split: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
         return DataLoader(
@@ -150,16 +156,16 @@ class PreferenceDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             collate_fn=PairCollator(self.pad_token_id),
-            num_workers=self.hparams.num_workers,
+            num_workers=self.settings.num_workers,
         )
 
     def predict_dataloader(self) -> list[DataLoader]:
         """Every training and validation pair, unshuffled (used to fill the offline reference store)."""
         splits = [split for split in (self.train_set, self.val_set) if split is not None]
-        return [self._loader(split, self.hparams.eval_batch_size or self.hparams.batch_size) for split in splits]
+        return [self._loader(split, self.settings.eval_batch_size or self.settings.batch_size) for split in splits]
 
     def _tokenised_splits(self) -> tuple[Dataset, Dataset | None]:
-        hp = self.hparams
+        hp = self.settings
         train = self._tokenise("train", load_rows(hp.path, hp.split), hp.path)
         if hp.val_path is not None:
             return train, self._tokenise("validation", load_rows(hp.val_path, hp.val_split), hp.val_path)
@@ -178,7 +184,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if len(rows) == 0:
             raise ValueError(f"the {name} data at {path!r} has no rows")
         tokenised = rows.map(
-            PairTokenizer(self.tokenizer, self.hparams.row_format, self.lengths),
+            PairTokenizer(self.tokenizer, self.settings.row_format, self.lengths),
             batched=True,
             remove_columns=rows.column_names,
             desc=f"Tokenising {name} pairs",
