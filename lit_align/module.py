@@ -8,20 +8,28 @@ objective it runs, and the objective does not know it is inside Lightning.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import is_dataclass
+from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs
+from lit_align.objectives.fpo import feature_source
 from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head
-from lit_align.reference import DisabledAdapter, FrozenCopy, ReferenceProvider
+from lit_align.reference import DisabledAdapter, FrozenCopy, OnlineReference, ReferenceProvider
+from lit_align.reference.store import feature_columns
+from lit_align.sae.hooks import ResidualCapture
+from lit_align.sharding import shard_causal_lm, wrap_frozen_fsdp1
 from lit_align.token_kl import sequence_logps_and_kl
 
 
@@ -69,6 +77,7 @@ class AlignmentModule(L.LightningModule):
         self.reference = reference if objective.needs else None
         if self.reference is not None:
             self.reference.check(objective.needs, type(objective).__name__)
+        self.feature_source = feature_source(objective) if "sae_features" in objective.needs else None
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.disable_dropout = disable_dropout
@@ -86,9 +95,45 @@ class AlignmentModule(L.LightningModule):
             for layer in self.policy.modules():
                 if isinstance(layer, nn.Dropout):
                     layer.p = 0.0
+        if self.feature_source is not None:
+            self.feature_source.bind(self.policy)
         if self.reference is not None:
             datamodule = self.trainer.datamodule if self._trainer is not None else None
             self.reference.attach(self.policy, datamodule)
+            if self.feature_source is not None:
+                self.reference.attach_features(self.feature_source)
+        if self._device_mesh is not None:
+            self._shard(self._device_mesh)
+        elif self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            if self.reference is not None:  # the strategy wraps the policy itself, but not the reference
+                self.reference.shard(wrap_frozen_fsdp1)
+
+    def _shard(self, mesh: DeviceMesh) -> None:
+        """FSDP2 over the data-parallel dimension of ``ModelParallelStrategy``'s mesh: the policy, and the
+        reference's own model when it holds one (sharded, yet still outside the state dict)."""
+        if mesh["tensor_parallel"].size() != 1:
+            raise ValueError(
+                "AlignmentModule shards with FSDP2 only: set ModelParallelStrategy(tensor_parallel_size=1, "
+                "data_parallel_size=<nodes × devices>)"
+            )
+        if self.feature_source is not None and isinstance(self.reference, OnlineReference):
+            raise ValueError(
+                "the reference's SAE features stop its forward part-way, which FSDP2 cannot shard; precompute them "
+                "into an OfflineStore (lit-align precompute, on DDP) and train from the store"
+            )
+        shard = partial(shard_causal_lm, mesh=mesh["data_parallel"])
+        shard(self.policy)
+        if self.reference is not None:
+            self.reference.shard(shard)
+
+    def reference_model(self) -> AbstractContextManager[nn.Module]:
+        """A context yielding the reference as a causal LM that can ``generate`` (an online reference only)."""
+        if not isinstance(self.reference, OnlineReference):
+            raise ValueError(
+                f"{type(self.reference).__name__} holds no reference model to sample from; evaluate with an "
+                "online reference (FrozenCopy, or DisabledAdapter with a LoRA policy)"
+            )
+        return self.reference.generation_model()
 
     def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
         return self.objective(self.preference_inputs(batch))
@@ -97,7 +142,7 @@ class AlignmentModule(L.LightningModule):
         """Compute, for one batch, exactly the quantities the objective needs."""
         needs = self.objective.needs
         ids, mask = batch["input_ids"], batch["response_mask"]
-        hidden = final_hidden(self.policy, ids, batch["attention_mask"])
+        hidden, features = self._policy_hidden(batch)
         ref_logps = seq_kl = None
         if "token_kl" in needs:
             ref_hidden, ref_head = self.reference.final_hidden(batch)
@@ -109,12 +154,27 @@ class AlignmentModule(L.LightningModule):
             if "reference_logps" in needs:
                 ref_logps = self.reference.sequence_logps(batch)
         lengths = mask[:, 1:].sum(-1).float()
-        return PreferenceInputs(
+        inputs = PreferenceInputs(
             *logps.chunk(2),
             *lengths.chunk(2),
             *(ref_logps.chunk(2) if ref_logps is not None else (None, None)),
             *(seq_kl.chunk(2) if seq_kl is not None else (None, None)),
         )
+        if features is not None:
+            inputs.policy_chosen_features, inputs.policy_rejected_features = features.chunk(2)
+            ref_features = self.reference.sae_features(batch, self.feature_source)
+            inputs.ref_chosen_features, inputs.ref_rejected_features = ref_features.chunk(2)
+        return inputs
+
+    def _policy_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """The policy's final hidden states and, when the objective reads SAE features, its response-pooled
+        features, from the residual stream captured at the SAE's layer in the same forward (with gradient)."""
+        ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if self.feature_source is None:
+            return final_hidden(self.policy, ids, attention_mask), None
+        with ResidualCapture(self.policy, self.feature_source.feature_layer) as capture:
+            hidden = final_hidden(self.policy, ids, attention_mask)
+        return hidden, self.feature_source.encode_features(capture.activations, batch["response_mask"])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         inputs = self.preference_inputs(batch)
@@ -127,18 +187,22 @@ class AlignmentModule(L.LightningModule):
         self._log_metrics("val", self.val_metrics, self.objective(inputs), inputs)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        """Reference log-probs of each pair, for the offline store (see ``lit-align precompute``)."""
+        """Reference log-probs of each pair, and its pooled SAE features when the objective reads them (sparse),
+        for the offline store (see ``lit-align precompute``)."""
         logps = self.reference.sequence_logps(batch)
         lengths = batch["response_mask"][:, 1:].sum(-1).float()
         chosen_logps, rejected_logps = logps.chunk(2)
         chosen_lengths, rejected_lengths = lengths.chunk(2)
-        return {
+        columns = {
             "example_key": batch["example_key"],
             "chosen_logps": chosen_logps,
             "rejected_logps": rejected_logps,
             "chosen_lengths": chosen_lengths,
             "rejected_lengths": rejected_lengths,
         }
+        if self.feature_source is not None:
+            columns.update(feature_columns(self.reference.sae_features(batch, self.feature_source)))
+        return columns
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)

@@ -2,6 +2,7 @@
 
 from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs
 from lit_align.objectives.fdpo import DPO, FDPO
+from lit_align.objectives.fpo import FPO
 from lit_align.objectives.mixture import Mixture
 from lit_align.objectives.pairwise import PairwiseObjective
 from lit_align.objectives.sft import SFT
@@ -9,6 +10,6 @@ from lit_align.objectives.simpo import SimPO
 from lit_align.objectives.tdpo import TDPO
 
 __all__ = [
-    "DPO", "FDPO", "Mixture", "Need", "Objective", "ObjectiveOutput", "PairwiseObjective", "PreferenceInputs",
+    "DPO", "FDPO", "FPO", "Mixture", "Need", "Objective", "ObjectiveOutput", "PairwiseObjective", "PreferenceInputs",
     "SFT", "SimPO", "TDPO",
 ]

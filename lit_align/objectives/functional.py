@@ -5,9 +5,10 @@ The math of each paper lives in its own file (``fdpo.py``, ``tdpo.py``, ...); th
 """
 
 from lit_align.objectives.fdpo import f_prime, fdpo_loss
+from lit_align.objectives.fpo import fpo_loss
 from lit_align.objectives.pairwise import pairwise_loss
 from lit_align.objectives.sft import sft_loss
 from lit_align.objectives.simpo import simpo_loss
 from lit_align.objectives.tdpo import tdpo_loss
 
-__all__ = ["f_prime", "fdpo_loss", "pairwise_loss", "sft_loss", "simpo_loss", "tdpo_loss"]
+__all__ = ["f_prime", "fdpo_loss", "fpo_loss", "pairwise_loss", "sft_loss", "simpo_loss", "tdpo_loss"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
@@ -9,6 +12,7 @@ from torch import Tensor, nn
 
 from lit_align.policy import final_hidden, lm_head
 from lit_align.reference.base import OnlineReference
+from lit_align.sae.hooks import residual_stream
 
 
 class DisabledAdapter(OnlineReference):
@@ -28,12 +32,27 @@ class DisabledAdapter(OnlineReference):
                              "the LoRA target_modules")
         self.policy = policy
 
+    @contextmanager
+    def generation_model(self) -> Iterator[nn.Module]:
+        with self.policy.disable_adapter():
+            yield self.policy
+
     def final_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, nn.Module]:
+        with self._base():
+            hidden = final_hidden(self.policy, batch["input_ids"], batch["attention_mask"])
+        return hidden, lm_head(self.policy)
+
+    def residual(self, batch: dict[str, Tensor], layer: int) -> Tensor:
+        with self._base():
+            return residual_stream(self.policy, layer, batch["input_ids"], batch["attention_mask"])
+
+    @contextmanager
+    def _base(self) -> Iterator[None]:
+        """The policy as its base model: adapter disabled, eval mode, no gradients."""
         was_training = self.policy.training
         self.policy.eval()
         try:
             with torch.no_grad(), self.policy.disable_adapter():
-                hidden = final_hidden(self.policy, batch["input_ids"], batch["attention_mask"])
+                yield
         finally:
             self.policy.train(was_training)
-        return hidden, lm_head(self.policy)

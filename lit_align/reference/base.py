@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from lit_align.logprobs import sequence_logps
 from lit_align.objectives.base import Need
+
+if TYPE_CHECKING:
+    from lit_align.objectives.fpo import FeatureSource
 
 
 class ReferenceProvider(ABC):
@@ -40,9 +45,24 @@ class ReferenceProvider(ABC):
 
         ``datamodule`` is the run's data, when there is one; a store checks that it covers it."""
 
+    def shard(self, shard_model: Callable[[nn.Module], nn.Module]) -> None:
+        """Shard the reference's own model with ``shard_model`` (which returns the sharded model), as the policy is
+        sharded; called after :meth:`attach` under FSDP. A provider without a model of its own has nothing to
+        shard."""
+        return None
+
     @abstractmethod
     def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
         """Summed reference log-probs of each response, ``(2B,)`` in the batch's row order."""
+
+    def attach_features(self, source: FeatureSource) -> None:
+        """Prepare to serve the SAE features of ``source`` (the objective's SAE at one layer); called after
+        :meth:`attach` when the objective needs ``sae_features``. Online references need nothing."""
+        return None
+
+    def sae_features(self, batch: dict[str, Tensor], source: FeatureSource) -> Tensor:
+        """The reference's SAE features of each response, pooled over its tokens, ``(2B, d_sae)``, no grad."""
+        raise NotImplementedError(f"{type(self).__name__} provides no SAE features")
 
 
 class OnlineReference(ReferenceProvider):
@@ -51,10 +71,24 @@ class OnlineReference(ReferenceProvider):
     provides: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "token_kl", "sae_features"})
 
     @abstractmethod
+    def generation_model(self) -> AbstractContextManager[nn.Module]:
+        """A context yielding the reference as a causal LM that can ``generate`` (for sampling and evaluation)."""
+
+    @abstractmethod
     def final_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, nn.Module]:
         """The reference's final hidden states ``(2B, T, H)`` (no grad) and its LM head."""
+
+    @abstractmethod
+    def residual(self, batch: dict[str, Tensor], layer: int) -> Tensor:
+        """The reference's residual stream at the output of decoder layer ``layer``, ``(2B, T, H)``, no grad;
+        only layers ``0..layer`` run."""
 
     def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
         hidden, head = self.final_hidden(batch)
         with torch.no_grad():
             return sequence_logps(hidden, head, batch["input_ids"], batch["response_mask"])
+
+    def sae_features(self, batch: dict[str, Tensor], source: FeatureSource) -> Tensor:
+        residual = self.residual(batch, source.feature_layer)
+        with torch.no_grad():
+            return source.encode_features(residual, batch["response_mask"])

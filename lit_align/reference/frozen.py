@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from peft import PeftModel
@@ -10,6 +12,7 @@ from torch import Tensor, nn
 
 from lit_align.policy import DType, PolicySpec, final_hidden, lm_head, load_causal_lm
 from lit_align.reference.base import OnlineReference
+from lit_align.sae.hooks import residual_stream
 
 
 class FrozenCopy(OnlineReference):
@@ -35,9 +38,26 @@ class FrozenCopy(OnlineReference):
             model = copy.deepcopy(policy.get_base_model() if isinstance(policy, PeftModel) else policy)
         self.model = model.requires_grad_(False).eval()
 
+    def shard(self, shard_model: Callable[[nn.Module], nn.Module]) -> None:
+        self.model = shard_model(self.model).eval()
+
+    @contextmanager
+    def generation_model(self) -> Iterator[nn.Module]:
+        yield self.model
+
     def final_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, nn.Module]:
+        model = self._on_device(batch)
+        with torch.no_grad():
+            return final_hidden(model, batch["input_ids"], batch["attention_mask"]), lm_head(model)
+
+    def residual(self, batch: dict[str, Tensor], layer: int) -> Tensor:
+        model = self._on_device(batch)
+        with torch.no_grad():
+            return residual_stream(model, layer, batch["input_ids"], batch["attention_mask"])
+
+    def _on_device(self, batch: dict[str, Tensor]) -> nn.Module:
+        """The model, moved to the batch's device the first time it is needed there."""
         device = batch["input_ids"].device
         if self.model.device != device:
             self.model.to(device)
-        with torch.no_grad():
-            return final_hidden(self.model, batch["input_ids"], batch["attention_mask"]), lm_head(self.model)
+        return self.model

@@ -5,6 +5,11 @@ A store is a directory holding ``reference.safetensors`` with, per pair, its ``e
 token ids), the summed reference log-probs and response lengths of chosen and rejected, and a fingerprint in
 the file's metadata: the reference weights, the tokenizer, the length settings and the data it covers.
 Training refuses a store whose fingerprint does not match the run, naming what differs.
+
+For an objective that reads SAE features (FPO), the store also holds each response's pooled reference features,
+sparse (:mod:`lit_align.reference.sparse`: ``{side}_feature_offsets``, ``{side}_feature_indices``,
+``{side}_feature_values`` for side ``chosen`` and ``rejected``), and the fingerprint names the SAE (its weights,
+layer and width); a run with another SAE is refused.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from peft import PeftModel
@@ -22,9 +27,14 @@ from torch import Tensor, nn
 
 from lit_align.objectives.base import Need
 from lit_align.reference.base import ReferenceProvider
+from lit_align.reference.sparse import dense_rows, offsets_of, select_rows, sparse_rows
+
+if TYPE_CHECKING:
+    from lit_align.objectives.fpo import FeatureSource
 
 STORE_FILE = "reference.safetensors"
 STORE_COLUMNS = ("example_key", "chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths")
+SIDES = ("chosen", "rejected")
 
 
 def weights_fingerprint(model: nn.Module, sample: int = 4096) -> str:
@@ -59,20 +69,54 @@ def data_fingerprint(keys: Tensor) -> str:
     return hashlib.blake2b(keys.sort().values.numpy().tobytes(), digest_size=16).hexdigest()
 
 
-def run_fingerprint(policy: nn.Module, datamodule) -> dict[str, Any]:
-    """The fingerprint a store must carry to serve this run (data excluded: coverage is checked key by key)."""
+def sae_fingerprint(features: FeatureSource) -> dict[str, Any]:
+    """A fingerprint of an objective's SAE features: the SAE's weights, its layer and its width."""
+    return {"weights": weights_fingerprint(features.sae), "layer": features.feature_layer, "d_sae": features.sae.d_sae}
+
+
+def run_fingerprint(policy: nn.Module, datamodule, features: FeatureSource | None = None) -> dict[str, Any]:
+    """The fingerprint a store must carry to serve this run (data excluded: coverage is checked key by key;
+    the SAE, when the objective reads ``features``, is checked by :meth:`OfflineStore.attach_features`)."""
     fingerprint: dict[str, Any] = {"reference": weights_fingerprint(policy)}
     if datamodule is not None:
         fingerprint["tokenizer"] = tokenizer_fingerprint(datamodule.tokenizer)
         lengths = datamodule.lengths
         fingerprint["lengths"] = [lengths.max_length, lengths.max_prompt_length, lengths.truncation_mode]
+    if features is not None:
+        fingerprint["sae"] = sae_fingerprint(features)
     return fingerprint
 
 
+def feature_columns(features: Tensor) -> dict[str, Tensor]:
+    """The prediction columns of a batch's pooled reference features ``(2B, d_sae)`` (chosen rows, then
+    rejected), as :func:`write_store` reads them: per-pair non-zero counts, then the non-zeros' indices and values."""
+    columns = {}
+    for side, rows in zip(SIDES, features.chunk(2), strict=True):
+        counts, indices, values = sparse_rows(rows)
+        columns.update({f"{side}_feature_counts": counts, f"{side}_feature_indices": indices,
+                        f"{side}_feature_values": values})
+    return columns
+
+
 def write_store(path: str | Path, columns: dict[str, Tensor], fingerprint: dict[str, Any]) -> Path:
-    """Write a store (deduplicating keys, as distributed predict pads with repeats); returns the file."""
+    """Write a store (deduplicating keys, as distributed predict pads with repeats); returns the file.
+
+    ``columns`` holds :data:`STORE_COLUMNS`, one value per pair, and optionally the pooled reference features
+    as ``{side}_feature_counts`` (one per pair), ``{side}_feature_indices`` and ``{side}_feature_values`` (the
+    non-zeros, pair by pair; :func:`~lit_align.reference.sparse.sparse_rows`), stored as CSR columns."""
     keys, first = _first_occurrences(columns["example_key"])
     tensors = {name: columns[name][first].contiguous() for name in STORE_COLUMNS}
+    if "chosen_feature_counts" in columns:
+        for side in SIDES:
+            offsets, indices, values = select_rows(
+                offsets_of(columns[f"{side}_feature_counts"]),
+                columns[f"{side}_feature_indices"],
+                columns[f"{side}_feature_values"],
+                first,
+            )
+            tensors.update({f"{side}_feature_offsets": offsets, f"{side}_feature_indices": indices.contiguous(),
+                            f"{side}_feature_values": values.contiguous()})
+
     fingerprint = {**fingerprint, "data": data_fingerprint(keys)}
     target = Path(path)
     target.mkdir(parents=True, exist_ok=True)
@@ -108,7 +152,8 @@ def read_store(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 class OfflineStore(ReferenceProvider):
-    """Reference log-probs read from a store built by ``lit-align precompute``: no reference model in memory.
+    """Reference log-probs (and SAE features, for FPO) read from a store built by ``lit-align precompute``: no
+    reference model in memory.
 
     Args:
         path: the store's directory.
@@ -116,13 +161,14 @@ class OfflineStore(ReferenceProvider):
             of the initial policy, or the adapter-disabled base for a LoRA policy). Training never builds it.
     """
 
-    provides: ClassVar[frozenset[Need]] = frozenset({"reference_logps"})
+    provides: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "sae_features"})
 
     def __init__(self, path: str, source: ReferenceProvider | None = None) -> None:
         self.path = path
         self.source = source
         self.rows: dict[int, int] = {}
         self.columns: dict[str, Tensor] = {}
+        self.fingerprint: dict[str, Any] = {}
 
     def _remedy(self, missing: frozenset[Need]) -> str:
         return (
@@ -140,9 +186,31 @@ class OfflineStore(ReferenceProvider):
                 f"uses; rebuild it with `lit-align precompute`"
             )
         self.columns = columns
+        self.fingerprint = stored
         self.rows = {key: row for row, key in enumerate(columns["example_key"].tolist())}
         if datamodule is not None:
             self._check_coverage(datamodule)
+
+    def attach_features(self, source: FeatureSource) -> None:
+        """Refuse a store without SAE features, or with those of another SAE, layer or width than ``source``'s."""
+        stored = self.fingerprint.get("sae")
+        if stored is None:
+            raise ValueError(
+                f"the reference store at {self.path} holds no SAE features; rebuild it with `lit-align precompute` "
+                "and the objective that reads them (FPO)"
+            )
+        expected = sae_fingerprint(source)
+        differ = [part for part, value in expected.items() if stored.get(part) != value]
+        if differ:
+            found = ", ".join(f"{part} {stored.get(part)} (this run: {expected[part]})" for part in differ)
+            raise ValueError(
+                f"the reference store at {self.path} holds the features of another SAE: {found}; rebuild it with "
+                "`lit-align precompute`"
+            )
+        missing = [f"{side}_feature_{part}" for side in SIDES for part in ("offsets", "indices", "values")
+                   if f"{side}_feature_{part}" not in self.columns]
+        if missing:
+            raise ValueError(f"the reference store at {self.path} lacks {missing}; rebuild it")
 
     def _check_coverage(self, datamodule) -> None:
         for name, split in (("train", datamodule.train_set), ("validation", datamodule.val_set)):
@@ -157,12 +225,24 @@ class OfflineStore(ReferenceProvider):
 
     def lookup(self, batch: dict[str, Tensor], column: str) -> Tensor:
         """A store column for the batch's pairs, ``(B,)``, on the batch's device."""
-        keys = batch["example_key"].tolist()
-        try:
-            rows = torch.tensor([self.rows[key] for key in keys])
-        except KeyError as error:
-            raise KeyError(f"pair with example_key {error} is not in the reference store at {self.path}") from None
-        return self.columns[column][rows].to(batch["example_key"].device)
+        return self.columns[column][self._rows(batch)].to(batch["example_key"].device)
 
     def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
         return torch.cat([self.lookup(batch, "chosen_logps"), self.lookup(batch, "rejected_logps")])
+
+    def sae_features(self, batch: dict[str, Tensor], source: FeatureSource) -> Tensor:
+        rows = self._rows(batch)
+        dense = [
+            dense_rows(*(self.columns[f"{side}_feature_{part}"] for part in ("offsets", "indices", "values")),
+                       rows, source.sae.d_sae)
+            for side in SIDES
+        ]
+        return torch.cat(dense).to(batch["example_key"].device)
+
+    def _rows(self, batch: dict[str, Tensor]) -> Tensor:
+        """The store rows of the batch's pairs."""
+        try:
+            return torch.tensor([self.rows[key] for key in batch["example_key"].tolist()])
+        except KeyError as error:
+            raise KeyError(f"pair with example_key {error} is not in the reference store at {self.path}") from None
+

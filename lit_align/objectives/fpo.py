@@ -1,0 +1,257 @@
+"""FPO: Feature-level constrained Preference Optimization (Yin et al. 2024, "Direct Preference Optimization
+Using Sparse Feature-Level Constraints", arXiv 2411.07618, https://arxiv.org/abs/2411.07618).
+
+FPO keeps SimPO's length-normalised log-likelihood but measures it against an offline reference, and replaces
+TDPO's token-level KL by a constraint in the feature space of a frozen sparse autoencoder (SAE) at one layer ℓ:
+
+    m(y)  = (1/|y|) Σ_t log π_θ(y_t|x, y<t) - (1/|y|) Σ_t log π_ref(y_t|x, y<t)      length-normalised log-ratio
+    c̄(y)  = (1/|y|) Σ_t SAE(h_ℓ,t)                                                  features pooled over y
+    D(y)  = (1/k) Σ_{i ∈ TopK(c̄_θ(y))} (c̄_θ,i(y) - c̄_ref,i(y))²                    top-k chosen on the policy
+    L     = -log σ( β (m(y_w) - m(y_l) - α (D(y_l) - sg(D(y_w)))) )
+
+with ``sg`` the stop-gradient (as in TDPO2: the rejected response's feature drift is held down, the chosen
+one's is not pulled up) and ``|y|`` the number of response tokens (not the padded length). Defaults as the
+paper: β = 0.1, α = 0.5, k = 50. The reference side (mean log-probs and pooled features) does not change during
+training, so it can come from the offline store (``lit-align precompute``): FPO then loads no reference model.
+
+The logged rewards are ``β m(y)`` per response; the metrics ``feature_mse/chosen`` = D(y_w),
+``feature_mse/rejected`` = D(y_l) and ``feature_mse/margin`` = their difference are reported per pair.
+
+The SAE belongs to the objective: frozen, loaded when the policy is built (:meth:`FPO.bind`), moved to the
+activations' device when first used, never trained and never in a checkpoint. The module asks any objective that
+needs ``sae_features`` for it through :func:`feature_source`, without knowing it is FPO.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol
+
+import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from torch import Tensor, nn
+
+from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs, check_beta
+from lit_align.sae import SparseAutoencoder, check_sae_width, decoder_layers, load_sae, pooled_features
+
+
+def topk_feature_mse(policy_features: Tensor, ref_features: Tensor, top_k: int) -> Tensor:
+    """``D(y) = (1/k) Σ_{i ∈ TopK(c̄_θ(y))} (c̄_θ,i(y) - c̄_ref,i(y))²`` per response.
+
+    Args:
+        policy_features: pooled policy features ``c̄_θ``. Shape ``(batch, d_sae)``.
+        ref_features: pooled reference features ``c̄_ref``. Shape ``(batch, d_sae)``.
+        top_k: ``k``, the number of features compared: the ``k`` largest of the *policy's*, ``1 ≤ k ≤ d_sae``.
+
+    Returns:
+        ``(batch,)``; differentiable w.r.t. both feature tensors (the choice of features is not).
+    """
+    width = policy_features.shape[-1]
+    if not 1 <= top_k <= width:
+        raise ValueError(f"top_k must lie in [1, d_sae], got top_k={top_k} for d_sae={width}")
+    indices = policy_features.detach().topk(top_k, dim=-1).indices
+    difference = policy_features.gather(-1, indices) - ref_features.gather(-1, indices)
+    return difference.pow(2).mean(dim=-1)
+
+
+def fpo_loss(
+    policy_chosen_mean_logps: Tensor,
+    policy_rejected_mean_logps: Tensor,
+    ref_chosen_mean_logps: Tensor,
+    ref_rejected_mean_logps: Tensor,
+    policy_chosen_features: Tensor,
+    policy_rejected_features: Tensor,
+    ref_chosen_features: Tensor,
+    ref_rejected_features: Tensor,
+    *,
+    beta: float,
+    alpha: float,
+    top_k: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """FPO loss per pair: ``-log σ(β (m(y_w) - m(y_l) - α (D(y_l) - sg(D(y_w)))))``, Yin et al. 2024.
+
+    Args:
+        policy_chosen_mean_logps: ``(1/|y_w|) log π_θ(y_w|x)``, mean policy log-prob per response token of the
+            chosen responses. Shape ``(batch,)``.
+        policy_rejected_mean_logps: the same for the rejected responses. Shape ``(batch,)``.
+        ref_chosen_mean_logps: ``(1/|y_w|) log π_ref(y_w|x)``. Shape ``(batch,)``.
+        ref_rejected_mean_logps: the same for the rejected responses. Shape ``(batch,)``.
+        policy_chosen_features: SAE features of the policy, mean-pooled over the chosen response.
+            Shape ``(batch, d_sae)``.
+        policy_rejected_features: the same over the rejected response. Shape ``(batch, d_sae)``.
+        ref_chosen_features: the reference's pooled SAE features of the chosen response. Shape ``(batch, d_sae)``.
+        ref_rejected_features: the same for the rejected response. Shape ``(batch, d_sae)``.
+        beta: reward scale β > 0; the paper uses 0.1.
+        alpha: weight α ≥ 0 of the feature constraint; the paper uses 0.5 (0 drops the constraint).
+        top_k: features compared per response, chosen on the policy, ``1 ≤ k ≤ d_sae``; the paper uses 50.
+
+    Returns:
+        ``(losses, chosen_rewards, rejected_rewards)``, each ``(batch,)``; the rewards are ``β m(y)``, detached.
+    """
+    chosen_margin = policy_chosen_mean_logps - ref_chosen_mean_logps
+    rejected_margin = policy_rejected_mean_logps - ref_rejected_mean_logps
+    chosen_mse = topk_feature_mse(policy_chosen_features, ref_chosen_features, top_k)
+    rejected_mse = topk_feature_mse(policy_rejected_features, ref_rejected_features, top_k)
+    constraint = alpha * (rejected_mse - chosen_mse.detach())
+    losses = -F.logsigmoid(beta * (chosen_margin - rejected_margin - constraint))
+    return losses, beta * chosen_margin.detach(), beta * rejected_margin.detach()
+
+
+class FeatureSource(Protocol):
+    """What the module needs from an objective that reads ``sae_features``: a frozen SAE at one layer.
+
+    ``bind(policy)`` is called once the policy is built (load and check the SAE); then ``feature_layer`` is the
+    decoder layer whose output is captured, ``sae`` the SAE, and ``encode_features(residual, response_mask)``
+    maps residual activations ``(N, T, d_model)`` to response-pooled features ``(N, d_sae)``.
+    """
+
+    @property
+    def feature_layer(self) -> int: ...
+
+    @property
+    def sae(self) -> SparseAutoencoder: ...
+
+    def bind(self, policy: nn.Module) -> None: ...
+
+    def encode_features(self, residual: Tensor, response_mask: Tensor) -> Tensor: ...
+
+
+def feature_source(objective: Objective) -> FeatureSource:
+    """The part of ``objective`` that defines its SAE features: the objective itself, or the single part of a
+    composite objective (one with an ``objectives`` list, as :class:`~lit_align.objectives.Mixture`) that
+    needs ``sae_features``."""
+    parts = getattr(objective, "objectives", None)
+    if parts is not None:
+        sources = [feature_source(part) for part in parts if "sae_features" in part.needs]
+        if len(sources) != 1:
+            raise ValueError(
+                f"{type(objective).__name__} must hold exactly one objective that reads SAE features "
+                f"(a batch carries one set of features), got {len(sources)}"
+            )
+        return sources[0]
+    if not hasattr(objective, "encode_features"):
+        raise TypeError(
+            f"{type(objective).__name__} needs 'sae_features' but names no SAE: it must define feature_layer, "
+            "sae, bind(policy) and encode_features(residual, response_mask) (see lit_align.objectives.fpo)"
+        )
+    return objective
+
+
+class FPO(Objective):
+    """Feature-level constrained Preference Optimization (Yin et al. 2024): SimPO's length-normalised margin
+    against an (offline) reference, plus an MSE constraint on a frozen SAE's top-k features at one layer.
+
+    Intuition from the paper: only a few dozen of an SAE's thousands of features are active at once, so
+    constraining the policy's drift from the reference in that sparse feature space is as stabilising as
+    TDPO's token-level KL at a fraction of the cost, and the reference's features can be computed once, offline.
+
+    Needs the reference's log-probs and pooled SAE features: an online reference (FrozenCopy, DisabledAdapter)
+    or an :class:`~lit_align.reference.OfflineStore` precomputed for the same SAE.
+
+    Args:
+        sae_path: the SAE: a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``, as
+            ``tools/train_sae.py`` writes) or a Gemma Scope ``params.npz`` or its folder.
+        layer: decoder layer whose output the SAE reads; unset takes the layer the SAE records. Must lie in
+            ``[0, num_layers)`` and agree with the SAE's own, when it records one.
+        beta: reward scale β > 0; the paper uses 0.1.
+        alpha: weight α ≥ 0 of the feature constraint; the paper uses 0.5.
+        top_k: features compared per response, the policy's ``k`` largest; at most the SAE's width. Paper: 50.
+    """
+
+    needs: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "sae_features"})
+
+    def __init__(
+        self,
+        sae_path: str,
+        layer: NonNegativeInt | None = None,
+        beta: PositiveFloat = 0.1,
+        alpha: NonNegativeFloat = 0.5,
+        top_k: PositiveInt = 50,
+    ) -> None:
+        if layer is not None and not layer >= 0:
+            raise ValueError(f"layer must be >= 0, got layer={layer}")
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got alpha={alpha}")
+        if not top_k >= 1:
+            raise ValueError(f"top_k must be >= 1, got top_k={top_k}")
+        self.sae_path = sae_path
+        self.layer = layer
+        self.beta = check_beta(beta)
+        self.alpha = alpha
+        self.top_k = top_k
+        self._sae: SparseAutoencoder | None = None
+        self._layer: int | None = None
+
+    @property
+    def name(self) -> str:
+        """Label of this part's loss in a :class:`~lit_align.objectives.Mixture`."""
+        return "fpo"
+
+    @property
+    def sae(self) -> SparseAutoencoder:
+        """The frozen SAE (after :meth:`bind`)."""
+        if self._sae is None:
+            raise RuntimeError("FPO's SAE is not loaded yet: call bind(policy) first")
+        return self._sae
+
+    @property
+    def feature_layer(self) -> int:
+        """The decoder layer whose output the SAE reads (after :meth:`bind`)."""
+        if self._layer is None:
+            raise RuntimeError("FPO's SAE is not loaded yet: call bind(policy) first")
+        return self._layer
+
+    def bind(self, policy: nn.Module) -> None:
+        """Load the SAE, frozen, and check it against ``policy``: its width against the policy's hidden size,
+        its layer against the policy's depth, ``top_k`` against its number of features."""
+        sae = load_sae(self.sae_path).requires_grad_(False).eval()
+        layer = self.layer if self.layer is not None else sae.layer
+        if layer is None:
+            raise ValueError(f"the SAE at {self.sae_path} does not record its layer; set FPO's layer")
+        if sae.layer is not None and sae.layer != layer:
+            raise ValueError(f"FPO layer={layer} but the SAE at {self.sae_path} reads layer {sae.layer}")
+        depth = len(decoder_layers(policy))
+        if not layer < depth:
+            raise ValueError(f"FPO layer={layer} does not exist: the policy has {depth} decoder layers")
+        check_sae_width(sae, policy.get_input_embeddings().embedding_dim)
+        if self.top_k > sae.d_sae:
+            raise ValueError(
+                f"FPO top_k={self.top_k} exceeds the width d_sae={sae.d_sae} of the SAE at {self.sae_path}; "
+                f"set top_k ≤ {sae.d_sae}"
+            )
+        self._sae, self._layer = sae, layer
+
+    def encode_features(self, residual: Tensor, response_mask: Tensor) -> Tensor:
+        """SAE features of ``residual`` ``(N, T, d_model)`` mean-pooled over each row's response tokens,
+        ``(N, d_sae)``; the SAE follows the activations to their device."""
+        sae = self.sae
+        if sae.W_enc.device != residual.device:
+            sae.to(residual.device)
+        return pooled_features(sae, residual, response_mask)
+
+    def forward(self, inputs: PreferenceInputs) -> ObjectiveOutput:
+        chosen_lengths, rejected_lengths = inputs.chosen_lengths, inputs.rejected_lengths
+        features = (
+            inputs.policy_chosen_features,
+            inputs.policy_rejected_features,
+            inputs.ref_chosen_features,
+            inputs.ref_rejected_features,
+        )
+        losses, chosen_rewards, rejected_rewards = fpo_loss(
+            inputs.policy_chosen_logps / chosen_lengths,
+            inputs.policy_rejected_logps / rejected_lengths,
+            inputs.ref_chosen_logps / chosen_lengths,
+            inputs.ref_rejected_logps / rejected_lengths,
+            *features,
+            beta=self.beta,
+            alpha=self.alpha,
+            top_k=self.top_k,
+        )
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected = (f.detach() for f in features)
+        chosen_mse = topk_feature_mse(policy_chosen, ref_chosen, self.top_k)
+        rejected_mse = topk_feature_mse(policy_rejected, ref_rejected, self.top_k)
+        metrics = {
+            "feature_mse/chosen": chosen_mse,
+            "feature_mse/rejected": rejected_mse,
+            "feature_mse/margin": chosen_mse - rejected_mse,
+        }
+        return ObjectiveOutput(losses, chosen_rewards, rejected_rewards, metrics)
