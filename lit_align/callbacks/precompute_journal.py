@@ -1,0 +1,157 @@
+"""A resumable ``lit-align precompute``: predictions are journaled to disk as they are made, so a run that is
+interrupted (killed, preempted, out of memory) continues where it stopped instead of starting from zero.
+
+The journal is the store's ``partial/`` directory: each process writes shards ``rank{r}-{id}.safetensors`` of up to
+``every_n_batches`` batches of prediction columns (the sparse SAE feature columns included, concatenated pair by
+pair) with the run's fingerprint (:func:`~lit_align.reference.store.run_fingerprint`) in their metadata. A shard
+is written under a temporary name and renamed, so it is complete or absent; the buffer is also written when the
+run stops on an exception (``Ctrl-C`` and ``SIGTERM`` included).
+
+On (re)start every process reads the example keys of the shards made for this run's fingerprint (shards of
+another reference, tokenizer, length setting or SAE, and unreadable ones, are ignored and later removed) and
+:class:`RemainingPairs` gives the predict loop only the pairs not journaled yet. At the end
+:meth:`AlignmentTrainer.precompute <lit_align.trainer.AlignmentTrainer.precompute>` merges the journal into the
+store and removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+
+from lit_align.reference.store import run_fingerprint
+
+log = logging.getLogger(__name__)
+JOURNAL_DIR = "partial"
+
+
+class PrecomputeJournal(BasePredictionWriter):
+    """Writes each process's predictions to ``{store_path}/partial/`` every ``every_n_batches`` batches.
+
+    Args:
+        store_path: the store's directory.
+        every_n_batches: batches per shard: at most this many are computed again after a hard kill.
+    """
+
+    def __init__(self, store_path: str | Path, every_n_batches: int = 16) -> None:
+        super().__init__(write_interval="batch")
+        if not every_n_batches >= 1:
+            raise ValueError(f"every_n_batches must be >= 1, got every_n_batches={every_n_batches}")
+        self.directory = Path(store_path) / JOURNAL_DIR
+        self.every_n_batches = every_n_batches
+        self.fingerprint: dict[str, Any] | None = None
+        self._buffer: list[dict[str, Tensor]] = []
+
+    def start(self, fingerprint: dict[str, Any]) -> set[int]:
+        """Begin a run with ``fingerprint``; returns the example keys already journaled for it."""
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as read back from a shard
+        return {key for shard in self._shards(("example_key",)) for key in shard["example_key"].tolist()}
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict[str, Tensor],
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        self._buffer.append({name: value.detach().cpu() for name, value in prediction.items()})
+        if len(self._buffer) >= self.every_n_batches:
+            self.flush(trainer.global_rank)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.flush(trainer.global_rank)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.flush(trainer.global_rank)
+
+    def flush(self, rank: int) -> None:
+        """Write the buffered batches as one shard (complete or absent)."""
+        if not self._buffer:
+            return
+        columns = {name: torch.cat([batch[name] for batch in self._buffer]).contiguous() for name in self._buffer[0]}
+        self._buffer = []
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"rank{rank}-{uuid.uuid4().hex}.safetensors"
+        temporary = self.directory / f".{name}.partial"
+        save_file(columns, str(temporary), metadata={"fingerprint": json.dumps(self.fingerprint)})
+        temporary.replace(self.directory / name)
+
+    def merged(self) -> dict[str, Tensor]:
+        """Every journaled column of this run, shard after shard (keys may repeat: ``write_store`` dedupes)."""
+        shards = list(self._shards())
+        if not shards:
+            raise RuntimeError(f"the precompute journal at {self.directory} holds no predictions of this run")
+        return {name: torch.cat([shard[name] for shard in shards]) for name in shards[0]}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _shards(self, names: tuple[str, ...] | None = None) -> list[dict[str, Tensor]]:
+        """The columns ``names`` (default: all) of each readable shard made for this run's fingerprint."""
+        shards, foreign = [], 0
+        for file in sorted(self.directory.glob("*.safetensors")):
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    if json.loads((handle.metadata() or {}).get("fingerprint", "null")) != self.fingerprint:
+                        foreign += 1
+                        continue
+                    shards.append({name: handle.get_tensor(name) for name in names or handle.keys()})
+            except (SafetensorError, ValueError, OSError) as error:
+                _warn("ignoring the unreadable precompute shard %s (%s); its pairs are computed again", file, error)
+        if foreign:
+            _warn("ignoring %d precompute shards in %s made for another reference, tokenizer, length setting or SAE",
+                  foreign, self.directory)
+        return shards
+
+
+class RemainingPairs(L.LightningDataModule):
+    """``datamodule``'s prediction pairs less those already in ``journal``, for the predict loop of
+    :meth:`~lit_align.trainer.AlignmentTrainer.precompute`. Every process reads the journal, then all wait for
+    each other (none writes before all have read), so they split the same remaining pairs."""
+
+    def __init__(self, datamodule: L.LightningDataModule, journal: PrecomputeJournal) -> None:
+        super().__init__()
+        self.datamodule = datamodule
+        self.journal = journal
+        self.prepare_data_per_node = datamodule.prepare_data_per_node
+
+    def prepare_data(self) -> None:
+        self.datamodule.trainer = self.trainer
+        self.datamodule.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        self.datamodule.trainer = self.trainer
+        self.datamodule.setup(stage)
+
+    def teardown(self, stage: str) -> None:
+        self.datamodule.teardown(stage)
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        module = self.trainer.lightning_module
+        done = self.journal.start(run_fingerprint(module.policy, self.datamodule, module.feature_source))
+        self.trainer.strategy.barrier("precompute_journal_read")
+        loaders = self.datamodule.predict_dataloader()
+        remaining = [_without(loader, done) for loader in (loaders if isinstance(loaders, list) else [loaders])]
+        return [loader for loader in remaining if len(loader.dataset)]
+
+
+def _without(loader: DataLoader, done: set[int]) -> DataLoader:
+    """``loader`` over the pairs whose example key is not in ``done``."""
+    if not done:
+        return loader
+    keep = [row for row, key in enumerate(loader.dataset["example_key"]) if key not in done]
+    return DataLoader(Subset(loader.dataset, keep), batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+
+
+@rank_zero_only
+def _warn(message: str, *args: Any) -> None:
+    log.warning(message, *args)
