@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -40,7 +41,8 @@ class PolicySpec:
     trust_remote_code: bool = False
     """Run model code from the hub; off unless asked for."""
     init_seed: int = 0
-    """Seed of a fresh model's weights (so a rebuilt reference equals the original one)."""
+    """Seed of a fresh model's weights and of the LoRA adapter's initialisation (so a rebuilt reference equals the
+    original one, and every process of a sharded run starts from the same adapter)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further keyword arguments to ``from_pretrained`` (e.g. ``attn_implementation``)."""
 
@@ -57,16 +59,11 @@ def build_policy(spec: PolicySpec) -> nn.Module:
         model.config.use_cache = False
     if spec.lora is not None:
         lora = spec.lora
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=lora.target_modules,
-                task_type="CAUSAL_LM",
-            ),
-        )
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=lora.target_modules, task_type="CAUSAL_LM")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.init_seed)
+            model = get_peft_model(model, config)
     return model
 
 
@@ -85,7 +82,14 @@ def load_causal_lm(spec: PolicySpec) -> PreTrainedModel:
 
 
 def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Final hidden states (after the last norm) of a causal LM, without computing any logits."""
+    """Final hidden states (after the last norm) of a causal LM, without computing any logits.
+
+    A model sharded with FSDP (:mod:`lit_align.sharding`) runs through its own forward, which gathers its root
+    unit (embedding, norm and, with FSDP2, LM head), with logits for the last position only."""
+    if isinstance(model, FSDPModule | FullyShardedDataParallel):
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                        output_hidden_states=True, logits_to_keep=1)
+        return outputs.hidden_states[-1]
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     return base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 

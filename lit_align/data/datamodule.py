@@ -7,15 +7,20 @@ import gzip
 from collections import Counter
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.utilities import AttributeDict, rank_zero_info
+from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_align.data.collator import PairCollator
 from lit_align.data.formats import RowFormat
+from lit_align.data.sampler import TrainOrder
 from lit_align.data.tokenize import OK, LengthSettings, PairTokenizer, TruncationMode
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -68,7 +73,9 @@ def _reason(error: BaseException) -> str:
 class PreferenceDataModule(L.LightningDataModule):
     """Preference pairs, tokenised with ``datasets.map`` (cached) and batched by :class:`PairCollator`.
 
-    Bad rows are counted by reason and skipped; the counts are logged at setup and kept in ``report``.
+    Bad rows are counted by reason and skipped; the counts are logged at setup and kept in ``report``. Training
+    pairs come in a seeded order (:class:`~lit_align.data.sampler.TrainOrder`), shared out between data-parallel
+    processes, whose position checkpoints keep, so a run resumed mid-epoch continues with the next batch.
 
     Args:
         path: a local file, a ``save_to_disk`` directory or a dataset name.
@@ -82,8 +89,11 @@ class PreferenceDataModule(L.LightningDataModule):
         batch_size: pairs per training batch (per process).
         eval_batch_size: pairs per validation batch; defaults to ``batch_size``.
         num_workers: DataLoader workers.
-        seed: seed of the validation split.
+        seed: seed of the validation split and of the training order.
         trust_remote_code: allow the tokenizer's own code from the hub (off unless asked for).
+        group_by_length: batch pairs of similar length, so little compute goes to padding: the training shuffle is
+            sorted by length within windows of this many batches, then the batches are shuffled
+            (:func:`~lit_align.data.sampler.length_grouped`); 0 (the default) keeps the plain shuffle.
     """
 
     def __init__(
@@ -103,21 +113,26 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         trust_remote_code: bool = False,
+        group_by_length: NonNegativeInt = 0,
     ) -> None:
         super().__init__()
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got val_fraction={val_fraction}")
+        if group_by_length < 0:
+            raise ValueError(f"group_by_length must be >= 0 (0 turns it off), got group_by_length={group_by_length}")
         self.save_hyperparameters()
         # the settings this class reads; a subclass's own hyperparameters may differ (see ControlledTaskDataModule)
         self.settings = AttributeDict(
             path=path, tokenizer=tokenizer, row_format=row_format, split=split, val_path=val_path,
             val_split=val_split, val_fraction=val_fraction, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            num_workers=num_workers, seed=seed, trust_remote_code=trust_remote_code,
+            num_workers=num_workers, seed=seed, trust_remote_code=trust_remote_code, group_by_length=group_by_length,
         )
         self.lengths = LengthSettings(max_length, max_prompt_length, truncation_mode)
         self.report: dict[str, dict[str, Counter]] = {}
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.train_order: TrainOrder | None = None
+        self._order_state: dict[str, Any] | None = None
 
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -143,18 +158,26 @@ class PreferenceDataModule(L.LightningDataModule):
             rank_zero_info(describe_report(name, counts))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.settings.batch_size, shuffle=True)
+        replicas = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        grouping = {}
+        if self.settings.group_by_length:
+            grouping = dict(lengths=pair_lengths(self.train_set), batch_size=self.settings.batch_size,
+                            window=self.settings.group_by_length)
+        self.train_order = TrainOrder(self.train_set, seed=self.settings.seed, **replicas, **grouping)
+        if self._order_state is not None:
+            self.train_order.load_state_dict(self._order_state)
+        return self._loader(self.train_set, self.settings.batch_size, sampler=self.train_order)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
         return self._loader(self.val_set, self.settings.eval_batch_size or self.settings.batch_size)
 
-    def _loader(self, split: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: Dataset, batch_size: int, sampler: TrainOrder | None = None) -> DataLoader:
         return DataLoader(
             split,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             collate_fn=PairCollator(self.pad_token_id),
             num_workers=self.settings.num_workers,
         )
@@ -163,6 +186,21 @@ class PreferenceDataModule(L.LightningDataModule):
         """Every training and validation pair, unshuffled (used to fill the offline reference store)."""
         splits = [split for split in (self.train_set, self.val_set) if split is not None]
         return [self._loader(split, self.settings.eval_batch_size or self.settings.batch_size) for split in splits]
+
+    def on_before_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        """Count each batch the training loop takes (not the ones its fetcher reads ahead) in the training order."""
+        if self.trainer is not None and self.trainer.training and self.train_order is not None:
+            self.train_order.advance(len(batch["example_key"]))
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training order's epoch and position, saved in every checkpoint."""
+        return {"train_order": self.train_order.state_dict()} if self.train_order is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._order_state = state_dict.get("train_order")
+        if self.train_order is not None and self._order_state is not None:
+            self.train_order.load_state_dict(self._order_state)
 
     def _tokenised_splits(self) -> tuple[Dataset, Dataset | None]:
         hp = self.settings
@@ -198,6 +236,13 @@ class PreferenceDataModule(L.LightningDataModule):
         if len(kept) == 0:
             raise ValueError(f"no usable pairs in the {name} data: {describe_report(name, self.report[name])}")
         return kept
+
+
+def pair_lengths(pairs: Dataset) -> list[int]:
+    """Each pair's padded length in a batch: its prompt plus the longer of its two responses."""
+    table = pairs.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).with_format("arrow")[:]
+    prompt, chosen, rejected = (pc.list_value_length(table[name]) for name in table.column_names)
+    return pc.add(prompt, pc.max_element_wise(chosen, rejected)).to_pylist()
 
 
 def describe_report(name: str, report: dict[str, Counter]) -> str:
