@@ -5,20 +5,8 @@ Replacing the reverse-KL regulariser of RLHF by a general f-divergence gives (pa
 
     L = -log σ( β f'(π_θ(y_w|x) / π_ref(y_w|x)) - β f'(π_θ(y_l|x) / π_ref(y_l|x)) )
 
-with f' applied to the sequence probability ratio ``u = exp(r)``, ``r = log π_θ(y|x) - log π_ref(y|x)`` the
-summed log-ratio. The derivatives (paper, Table 1), written in r:
-
-    reverse KL   f(u) = u log u                              f'(u) = log u + 1        -> r
-    forward KL   f(u) = -log u                               f'(u) = -1/u             -> 1 - exp(-r)
-    JS           f(u) = u log u - (u+1) log((u+1)/2)          f'(u) = log(2u/(1+u))    -> log 2 - softplus(-r)
-    α-divergence f(u) = (u^(1-α) - (1-α)u - α) / (α(α-1))     f'(u) = (1 - u^(-α)) / α -> (1 - exp(-α r)) / α
-
-Additive constants cancel in the loss; they are chosen so that f'(1) = 0 (the reward is zero where the policy
-equals its reference): reverse KL drops its "+1", so its rewards are DPO's ``β r``, and forward KL adds 1, as
-TRL 1.16 writes it.
-α → 0 recovers reverse KL and α = 1 forward KL (up to a constant).
-Exponentials are capped at the dtype's largest finite exponent (as TRL's ``cap_exp``), so loss and
-gradient stay finite for log-ratios of ±1000.
+with f' applied to the sequence probability ratio ``u = exp(r)``, ``r`` the summed log-ratio; the derivatives
+of the four divergences (the paper's Table 1) are in :mod:`lit_align.objectives.divergences`.
 
 Mapping to TRL's ``DPOConfig``: ``divergence="reverse_kl"`` is ``f_divergence_type="reverse_kl"``,
 ``"js"`` is ``"js_divergence"``, ``"forward_kl"`` is ``"forward_kl"`` (or ``"alpha_divergence"`` with
@@ -29,36 +17,12 @@ Mapping to TRL's ``DPOConfig``: ``divergence="reverse_kl"`` is ``f_divergence_ty
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
-import torch
 import torch.nn.functional as F
 from jsonargparse.typing import OpenUnitInterval, PositiveFloat
 from torch import Tensor
 
-from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs, check_beta
-
-Divergence = Literal["reverse_kl", "forward_kl", "js", "alpha"]
-
-
-def capped_exp(x: Tensor) -> Tensor:
-    """``exp(x)`` with ``x`` capped a little below the dtype's largest exponent, so the result and sums of
-    two such results stay finite."""
-    return torch.exp(x.clamp(max=math.log(torch.finfo(x.dtype).max) - 2.0))
-
-
-def f_prime(log_ratio: Tensor, divergence: Divergence, alpha: float = 0.5) -> Tensor:
-    """``f'(u)`` at ``u = exp(log_ratio)`` for the chosen divergence, shifted so that ``f'(1) = 0``."""
-    if divergence == "reverse_kl":
-        return log_ratio
-    if divergence == "forward_kl":
-        return 1.0 - capped_exp(-log_ratio)
-    if divergence == "js":
-        return math.log(2.0) - F.softplus(-log_ratio)
-    if divergence == "alpha":
-        return (1.0 - capped_exp(-alpha * log_ratio)) / alpha
-    raise ValueError(f"unknown divergence {divergence!r}; choose one of reverse_kl, forward_kl, js, alpha")
+from lit_align.objectives.divergences import Divergence, f_prime
+from lit_align.objectives.pairwise import PairwiseObjective
 
 
 def fdpo_loss(
@@ -92,8 +56,10 @@ def fdpo_loss(
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
 
 
-class FDPO(Objective):
+class FDPO(PairwiseObjective):
     """DPO with an f-divergence constraint (Wang et al. 2023); ``divergence="reverse_kl"`` is plain DPO.
+    It is the ``sigmoid`` shape of :class:`~lit_align.objectives.PairwiseObjective`, whose loss is
+    :func:`fdpo_loss`.
 
     Intuition from the paper: reverse KL is mode-seeking and trades diversity for reward; forward KL is
     mass-covering and keeps diversity; JS and α-divergences sit in between.
@@ -111,25 +77,7 @@ class FDPO(Objective):
         beta: PositiveFloat = 0.1,
         alpha: OpenUnitInterval = 0.5,
     ) -> None:
-        if divergence not in Divergence.__args__:
-            raise ValueError(f"unknown divergence {divergence!r}; choose one of {Divergence.__args__}")
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must lie in (0, 1), got alpha={alpha}")
-        self.divergence = divergence
-        self.beta = check_beta(beta)
-        self.alpha = alpha
-
-    def forward(self, inputs: PreferenceInputs) -> ObjectiveOutput:
-        losses, chosen_rewards, rejected_rewards = fdpo_loss(
-            inputs.policy_chosen_logps,
-            inputs.policy_rejected_logps,
-            inputs.ref_chosen_logps,
-            inputs.ref_rejected_logps,
-            divergence=self.divergence,
-            beta=self.beta,
-            alpha=self.alpha,
-        )
-        return ObjectiveOutput(losses, chosen_rewards, rejected_rewards)
+        super().__init__(shape="sigmoid", divergence=divergence, beta=beta, alpha=alpha)
 
 
 class DPO(FDPO):

@@ -4,7 +4,8 @@ Each returns ``(losses, chosen_rewards, rejected_rewards)``, one value per pair,
 The math of each paper lives in its own file (``fdpo.py``, ``tdpo.py``, ...); this module gathers them.
 """
 
-from lit_align.objectives.fdpo import f_prime, fdpo_loss
+from lit_align.objectives.divergences import f_prime
+from lit_align.objectives.fdpo import fdpo_loss
 from lit_align.objectives.fpo import fpo_loss
 from lit_align.objectives.pairwise import pairwise_loss
 from lit_align.objectives.sft import sft_loss

@@ -1,13 +1,13 @@
 """Pairwise preference objectives: an f-divergence transform, then a loss shape.
 
-    s = f'(π_θ(y|x) / π_ref(y|x)) - f'(1)     per response (Wang et al. 2023, https://arxiv.org/abs/2309.16240)
+    s = f'(π_θ(y|x) / π_ref(y|x))            per response (Wang et al. 2023, https://arxiv.org/abs/2309.16240)
     L = shape(s_w, s_l, ...)                  per pair (:mod:`lit_align.objectives.shapes`)
 
 With the reverse KL, ``s`` is the log-ratio ``r = log π_θ(y|x) - log π_ref(y|x)`` and ``shape="sigmoid"``
 is DPO.
-Subtracting ``f'(1)`` makes every score zero where the policy equals its reference, which is TRL 1.16's
-convention; it changes nothing for shapes that read only the margin ``s_w - s_l``, but it does for the
-length-normalised ones (IPO, ``sigmoid_norm``) and for the logged rewards ``β s``.
+The derivatives are shifted so that ``f'(1) = 0``: every score is zero where the policy equals its reference,
+TRL 1.16's convention. The shift changes nothing for shapes that read only the margin ``s_w - s_l``, but it
+does for the length-normalised ones (IPO, ``sigmoid_norm``) and for the logged rewards ``β s``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from jsonargparse.typing import OpenUnitInterval, PositiveFloat
 from torch import Tensor
 
 from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs, check_beta
-from lit_align.objectives.fdpo import Divergence, f_prime
+from lit_align.objectives.divergences import Divergence, f_prime
 from lit_align.objectives.shapes import LOSS_SHAPES, LabelSmoothing, Pair, ShapeName, ShapeParams
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from jsonargparse.typing import restricted_number_type
 from torch import Tensor
 
-from lit_align.objectives.fdpo import capped_exp
+from lit_align.objectives.divergences import capped_exp
 
 ShapeName = Literal[
     "sigmoid",
