@@ -1,0 +1,30 @@
+"""Evaluation of aligned policies: metrics (KL, entropy, distinct-n, win rate, calibration), scoring of sampled
+responses, held-out pair statistics, and a callback that samples and logs them during training."""
+
+from lit_align.eval.metrics import (
+    DistinctN,
+    PreferenceCalibrationError,
+    SequenceKL,
+    TokenEntropy,
+    WinRate,
+    ngram_ids,
+    token_entropy,
+)
+from lit_align.eval.pairs import PairStatistics, pair_statistics
+from lit_align.eval.sampling_callback import SamplingEvaluation
+from lit_align.eval.scoring import ended_before, score_responses
+
+__all__ = [
+    "DistinctN",
+    "PairStatistics",
+    "PreferenceCalibrationError",
+    "SamplingEvaluation",
+    "SequenceKL",
+    "TokenEntropy",
+    "WinRate",
+    "ended_before",
+    "ngram_ids",
+    "pair_statistics",
+    "score_responses",
+    "token_entropy",
+]

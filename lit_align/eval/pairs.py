@@ -1,0 +1,92 @@
+"""Held-out preference pairs under an :class:`~lit_align.module.AlignmentModule`: the implicit reward margin of
+each pair (for reward accuracy and calibration) and the sequential KL of its two responses.
+
+TDPO (Zeng et al. 2024, Fig. 3) tracks ``SeqKL(x, y) = Σ_t KL(π_ref(·|x, y<t) ‖ π_θ(·|x, y<t))`` of chosen and
+rejected responses: under DPO the rejected one's grows much faster, and TDPO's token-level constraint keeps the
+two closer. Measured here for any objective, whenever the reference is an online model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lit_align.objectives.base import ObjectiveOutput, PreferenceInputs
+from lit_align.policy import final_hidden, lm_head
+from lit_align.reference import OnlineReference
+from lit_align.token_kl import sequence_logps_and_kl
+
+SINGLE_PASS = frozenset({"reference_logps", "token_kl"})
+"""What one pass of policy and reference gives besides the policy's log-probs."""
+
+
+@dataclass(frozen=True)
+class PairStatistics:
+    """Per-pair values on held-out pairs, each ``(n_pairs,)``, on the CPU."""
+
+    margins: Tensor
+    """``r(x, y_w) - r(x, y_l)``: the objective's chosen minus rejected reward (β included)."""
+    chosen_seq_kl: Tensor | None
+    """``SeqKL(x, y_w)``; ``None`` without an online reference."""
+    rejected_seq_kl: Tensor | None
+    """``SeqKL(x, y_l)``; ``None`` without an online reference."""
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of pairs whose chosen response gets the higher reward (ties count as wrong)."""
+        return float((self.margins > 0).float().mean())
+
+
+@torch.no_grad()
+def pair_statistics(module, batches: Iterable[dict[str, Tensor]]) -> PairStatistics:
+    """Reward margins and sequential KLs of every pair in ``batches`` (collated as for training).
+
+    Args:
+        module: an :class:`~lit_align.module.AlignmentModule` whose policy is built (``module(batch)`` gives the
+            objective's output) and whose ``reference`` serves the KL when it is an online model.
+        batches: the pairs, e.g. a validation dataloader; moved to the module's device here.
+    """
+    online = isinstance(module.reference, OnlineReference)
+    was_training = module.policy.training
+    module.policy.eval()
+    margins, chosen_kl, rejected_kl = [], [], []
+    try:
+        for batch in batches:
+            batch = {name: value.to(module.device) for name, value in batch.items()}
+            output, seq_kl = _pair_pass(module, batch, online)
+            margins.append((output.chosen_rewards - output.rejected_rewards).float().cpu())
+            if seq_kl is not None:
+                chosen, rejected = seq_kl.cpu().chunk(2)
+                chosen_kl.append(chosen)
+                rejected_kl.append(rejected)
+    finally:
+        module.policy.train(was_training)
+    return PairStatistics(
+        margins=torch.cat(margins) if margins else torch.zeros(0),
+        chosen_seq_kl=torch.cat(chosen_kl) if online and chosen_kl else None,
+        rejected_seq_kl=torch.cat(rejected_kl) if online and rejected_kl else None,
+    )
+
+
+def _pair_pass(module, batch: dict[str, Tensor], online: bool) -> tuple[ObjectiveOutput, Tensor | None]:
+    """The objective's output and, with an online reference, the sequential KL of every row.
+
+    An objective that reads only log-probs and token KL gets its inputs from the same single pass of each model
+    that gives the KL (as the module computes them for TDPO); any other goes through ``module(batch)``.
+    """
+    if not online:
+        return module(batch), None
+    ids, mask = batch["input_ids"], batch["response_mask"]
+    hidden = final_hidden(module.policy, ids, batch["attention_mask"])
+    ref_hidden, ref_head = module.reference.final_hidden(batch)
+    token_kl = sequence_logps_and_kl(hidden, lm_head(module.policy), ref_hidden, ref_head, ids, mask)
+    if not module.objective.needs <= SINGLE_PASS:
+        return module(batch), token_kl.seq_kl
+    lengths = mask[:, 1:].sum(-1).float()
+    inputs = PreferenceInputs(
+        *token_kl.policy_logps.chunk(2), *lengths.chunk(2), *token_kl.ref_logps.chunk(2), *token_kl.seq_kl.chunk(2)
+    )
+    return module.objective(inputs), token_kl.seq_kl
