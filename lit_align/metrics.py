@@ -1,7 +1,11 @@
-"""Preference metrics as torchmetrics means: averaged over micro-batches and processes, never summed."""
+"""Preference metrics as torchmetrics means: averaged over micro-batches and processes, never summed.
+
+Updating them reads nothing back to the host, so logging adds no device synchronisation to a training step.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -23,8 +27,23 @@ def pair_metrics(output: ObjectiveOutput, chosen_logps: Tensor, rejected_logps: 
     }
 
 
+class NanSkippingMean(MeanMetric):
+    """The mean of the values that are not NaN, as ``MeanMetric(nan_strategy="ignore")``, without its host-side
+    check (``if isnan(x).any()``, a device synchronisation on every update): a batch of NaNs (a step the
+    non-finite guard skips) shows as NaN for its step and leaves the epoch's mean alone."""
+
+    def __init__(self) -> None:
+        super().__init__(nan_strategy="disable")
+
+    def update(self, value: Tensor) -> None:
+        value = value.detach().to(self.dtype).reshape(-1)
+        kept = ~value.isnan()
+        self.mean_value += torch.where(kept, value, 0.0).sum()
+        self.weight += kept.sum()
+
+
 class MetricBank(nn.Module):
-    """One :class:`~torchmetrics.MeanMetric` per metric name, created the first time the name is seen."""
+    """One :class:`NanSkippingMean` per metric name, created the first time the name is seen."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,7 +56,7 @@ class MetricBank(nn.Module):
         for name, value in values.items():
             key = name.replace("/", "__")
             if key not in self.means:
-                self.means[key] = MeanMetric().to(value.device)
+                self.means[key] = NanSkippingMean().to(value.device)
             self.means[key](value)
             updated[name] = (self.means[key], f"means.{key}")
         return updated

@@ -1,0 +1,52 @@
+"""Smoke test of ``tools/bench.py --quick``: every arm trains 4 steps of a tiny model on the same batches, and
+lit-align's first steps agree with the plain loop's (and TRL's, when the ``bench`` extra is installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HH_FILE
+
+BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench.py"
+HAS_TRL = importlib.util.find_spec("trl") is not None
+NO_TRL = "trl is not installed: pip install -e '.[bench]' to benchmark against TRL's DPOTrainer"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "summary.json"
+    arms = ["plain", "lit-align"] + (["trl"] if HAS_TRL else [])
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--data", str(HH_FILE), "--out", str(out), "--arms", *arms],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text())["summary"], done.stdout
+
+
+def test_plain_and_lit_align_train_the_same_batches_to_the_same_numbers(quick):
+    summary, stdout = quick
+    plain, lit = summary["plain"], summary["lit-align"]
+    assert plain["hashes"] == lit["hashes"] and len(lit["first"]) == 2
+    for ours, theirs in zip(lit["first"], plain["first"], strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    assert lit["first"][0]["loss"] == pytest.approx(0.6931472, abs=1e-6)  # policy = reference at step 0: ln 2
+    assert lit["steps"] == plain["steps"] == 2 and lit["tokens_per_s"] > 0 and lit["peak_rss_mib"] > 0
+    assert "| lit-align |" in stdout and "lit-align vs plain: largest difference" in stdout
+
+
+@pytest.mark.skipif(not HAS_TRL, reason=NO_TRL)
+def test_trl_trains_the_same_batches_to_the_same_numbers(quick):
+    summary, stdout = quick
+    trl, lit = summary["trl"], summary["lit-align"]
+    assert trl["hashes"] == lit["hashes"]
+    for ours, theirs in zip(lit["first"], trl["first"], strict=True):
+        for name, value in ours.items():
+            assert theirs[name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
+    assert "lit-align vs trl" in stdout and "agree to 1e-4" in stdout

@@ -1,0 +1,576 @@
+"""Training speed of DPO three ways on the same model, data and settings: lit-align, TRL's ``DPOTrainer`` and a
+minimal plain-PyTorch loop (the practical floor), plus lit-align from the offline reference store.
+
+Setup (once per run, in ``--workdir``): a byte-level BPE tokenizer trained on the pairs' text; a Llama-architecture
+model of about 16M parameters, random init, ``save_pretrained`` (every arm loads it with ``from_pretrained``); the
+HH-RLHF pairs split at the last ``"\\n\\nAssistant:"`` into prompt/chosen/rejected strings, kept when
+lit-align's tokenisation fits them in ``--max-length``/``--max-prompt-length`` untruncated (so TRL, which
+truncates differently, sees the very same token ids), ``--pairs`` of them at random.
+
+Every arm trains on the same batches in the same order: lit-align's own seeded order (``PreferenceDataModule``'s
+sampler), written out for TRL (``train_sampling_strategy="sequential"``) and the plain loop. Each arm runs in a
+fresh process (honest peak RSS, ``ru_maxrss``), the arms alternate over ``--rounds`` rounds, and a step is timed
+from the end of the previous one to its own end (data loading, logging and optimizer included):
+
+- ``plain``: ``model.model(...)`` hidden states, response positions through the LM head, ``gather - logsumexp``,
+  reference forward under ``no_grad``, the DPO loss, ``AdamW``; nothing else.
+- ``lit-align``: ``AlignmentModule(DPO)`` + ``PreferenceDataModule`` + ``AlignmentTrainer``, with what a user
+  gets by default (TensorBoard logger, progress bar, non-finite step guard); checkpointing off.
+- ``lit-align-offline``: the same with ``OfflineStore`` (filled once by ``AlignmentTrainer.precompute``, timed).
+- ``lit-align-grouped``: the same with length-grouped batches (``PreferenceDataModule(group_by_length=...)``),
+  and ``plain-grouped``, the floor on those same batches.
+- ``trl``: ``DPOTrainer`` at matched settings: fp32, no gradient checkpointing, ``adamw_torch``, constant
+  learning rate, no gradient clipping, no checkpoint saving.
+- ``trl-defaults``: ``DPOTrainer`` as a user meets it (bf16 autocast, gradient checkpointing, fused AdamW,
+  clipping at 1.0, linear schedule); only batch size, max length, steps and the data order are set.
+
+Shared everywhere: fp32 weights, AdamW(lr, betas (0.9, 0.999), eps 1e-8, weight decay 0), β = 0.1, dropout off.
+Run::
+
+    python tools/bench.py                       # the full benchmark (about 20 minutes on 2 cores)
+    python tools/bench.py --quick               # a smoke test: tiny model, 2 steps, 1 thread, plain + lit-align + trl
+
+TRL is an optional extra (``pip install -e ".[bench]"``); without it the TRL arms are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+ARMS = ("plain", "lit-align", "trl", "trl-defaults", "lit-align-offline", "lit-align-grouped", "plain-grouped")
+METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
+TRL_SETTINGS = ("bf16", "gradient_checkpointing", "optim", "max_grad_norm", "lr_scheduler_type", "learning_rate",
+                "beta")
+RECORDED_STEPS = 2
+"""Steps whose loss and metrics each arm records (warm-up steps, outside the timed ones)."""
+
+
+# ----------------------------------------------------------------------------------------------- setup (parent)
+
+
+def model_config(args: argparse.Namespace) -> dict[str, Any]:
+    """A Llama-architecture config: 6 layers, hidden 384, GQA 6/2 heads, vocab 8192 — about 16M parameters."""
+    if args.quick:
+        return dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
+    return dict(vocab_size=8192, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+                num_attention_heads=6, num_key_value_heads=2)
+
+
+def read_pairs(path: Path, limit: int | None = None) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) strings of the (first ``limit``) HH rows lit-align accepts."""
+    from lit_align.data.formats import BadRow, split_row
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()][:limit]
+    pairs = []
+    for row in rows:
+        try:
+            pairs.append(split_row(row, "auto", chat_template=None))
+        except BadRow:
+            continue
+    return pairs
+
+
+def build_tokenizer(texts: list[str], vocab_size: int, target: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    wrapped.save_pretrained(target)
+
+
+def build_model(config: dict[str, Any], seed: int, target: Path) -> int:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                         max_position_embeddings=2048, **config))
+    model.save_pretrained(target)
+    return sum(p.numel() for p in model.parameters())
+
+
+def fitting_pairs(pairs: list[tuple[str, str, str]], tokenizer_dir: Path, args: argparse.Namespace) -> list[dict]:
+    """Rows whose lit-align tokenisation fits untruncated, with their token ids (truncation mode ``drop``)."""
+    from transformers import AutoTokenizer
+
+    from lit_align.data.tokenize import OK, LengthSettings, PairTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    lengths = LengthSettings(args.max_length, args.max_prompt_length, "drop")
+    pair_tokenizer = PairTokenizer(tokenizer, "explicit", lengths)
+    columns = pair_tokenizer({"prompt": [p[0] for p in pairs], "chosen": [p[1] for p in pairs],
+                              "rejected": [p[2] for p in pairs]})
+    kept = []
+    for i, (prompt, chosen, rejected) in enumerate(pairs):
+        if columns["status"][i] == OK and not columns["notes"][i]:
+            kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                         "example_key": columns["example_key"][i], "prompt_ids": columns["prompt_ids"][i],
+                         "chosen_ids": columns["chosen_ids"][i], "rejected_ids": columns["rejected_ids"][i]})
+    return kept
+
+
+def lit_data_settings(args: argparse.Namespace, workdir: Path, grouped: bool) -> dict[str, Any]:
+    """``PreferenceDataModule`` arguments of every lit-align arm (and of the order written for the others)."""
+    settings = dict(path=str(workdir / "pairs.jsonl"), tokenizer=str(workdir / "tokenizer"), row_format="explicit",
+                    max_length=args.max_length, max_prompt_length=args.max_prompt_length, truncation_mode="drop",
+                    batch_size=args.batch_size, val_fraction=0.0, seed=args.seed)
+    if grouped:
+        settings["group_by_length"] = args.group_by_length
+    return settings
+
+
+def write_order(rows: list[dict], args: argparse.Namespace, workdir: Path, grouped: bool) -> Path:
+    """The pairs in the order lit-align's data module takes them, as a jsonl file for TRL and the plain loop."""
+    from lit_align.data import PreferenceDataModule
+
+    data = PreferenceDataModule(**lit_data_settings(args, workdir, grouped))
+    data.setup("fit")
+    by_key = {row["example_key"]: row for row in rows}
+    keys = data.train_set["example_key"]
+    order = [by_key[keys[i]] for i in data.train_dataloader().sampler]
+    target = workdir / f"order-{'grouped' if grouped else 'random'}.jsonl"
+    target.write_text("".join(json.dumps(row) + "\n" for row in order), encoding="utf-8")
+    return target
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    pairs = read_pairs(Path(args.data), 200 if args.quick else None)
+    build_tokenizer([p + r for p, c, rj in pairs for r in (c, rj)], model_config(args)["vocab_size"],
+                    workdir / "tokenizer")
+    parameters = build_model(model_config(args), args.seed, workdir / "model")
+    rows = fitting_pairs(pairs, workdir / "tokenizer", args)
+    needed = (args.warmup + args.steps) * args.batch_size
+    count = max(args.pairs, needed)
+    if len(rows) < count:
+        raise SystemExit(f"only {len(rows)} pairs fit max_length={args.max_length}; need {count}")
+    fitting = len(rows)
+    rows = random.Random(args.seed).sample(rows, count)
+    explicit = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
+    (workdir / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in explicit), encoding="utf-8")
+    write_order(rows, args, workdir, grouped=False)
+    if any(arm.endswith("grouped") for arm in args.arms):
+        write_order(rows, args, workdir, grouped=True)
+    return {"parameters": parameters, "pairs": count, "fitting_pairs_of_all": (len(pairs), fitting),
+            "setup_s": time.perf_counter() - start}
+
+
+# ----------------------------------------------------------------------------------------------- the arms (child)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class StepLog:
+    """What an arm records: per-step wall and CPU time (all threads of the process), non-pad and padded tokens,
+    the first steps' loss and metrics, and a hash of the first batches (to show all arms train on the same ones)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []
+        self.tokens: list[Any] = []
+        self.padded: list[int] = []
+        self.first: list[dict[str, float]] = []
+        self.hashes: list[str] = []
+        self.last: tuple[float, float] | None = None
+
+    def batch(self, input_ids, attention_mask) -> None:
+        """Record a batch (no host sync: the token count stays a tensor until the end)."""
+        self.tokens.append(attention_mask.sum())
+        self.padded.append(input_ids.numel())
+        if len(self.hashes) < RECORDED_STEPS:
+            self.hashes.append(hashlib.blake2b(input_ids.cpu().numpy().tobytes(), digest_size=8).hexdigest())
+
+    def tick(self) -> None:
+        """A step ended."""
+        now = time.perf_counter(), time.process_time()
+        if self.last is not None:
+            self.times.append(now[0] - self.last[0])
+            self.cpu_times.append(now[1] - self.last[1])
+        self.last = now
+
+    def restart(self) -> None:
+        """Start the next interval now (after bookkeeping that is not part of training)."""
+        self.last = time.perf_counter(), time.process_time()
+
+    def result(self, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"times": self.times, "cpu_times": self.cpu_times, "tokens": [int(t) for t in self.tokens],
+                "padded": self.padded, "first": self.first, "hashes": self.hashes, "peak_rss_mib": peak_rss_mib(),
+                **extra}
+
+
+def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
+    """The floor: the DPO step written out by hand, nothing else."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device(spec["device"])
+    policy = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32).to(device).train()
+    reference = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32).to(device).eval()
+    reference.requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=spec["lr"], weight_decay=0.0)
+    rows = [json.loads(line) for line in Path(spec["order"]).read_text(encoding="utf-8").splitlines()]
+    batch_size, beta = spec["batch_size"], spec["beta"]
+
+    def collate(pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sequences = [(p["prompt_ids"], p[side]) for side in ("chosen_ids", "rejected_ids") for p in pairs]
+        width = max(len(a) + len(b) for a, b in sequences)
+        ids = torch.zeros(len(sequences), width, dtype=torch.long)
+        attention = torch.zeros(len(sequences), width, dtype=torch.long)
+        response = torch.zeros(len(sequences), width, dtype=torch.bool)
+        for row, (prompt, answer) in enumerate(sequences):
+            ids[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+            attention[row, : len(prompt) + len(answer)] = 1
+            response[row, len(prompt) : len(prompt) + len(answer)] = True
+        return ids.to(device), attention.to(device), response.to(device)
+
+    def sequence_logps(model, ids, attention, response) -> torch.Tensor:
+        hidden = model.model(input_ids=ids, attention_mask=attention).last_hidden_state
+        rows, positions = response[:, 1:].nonzero(as_tuple=True)
+        logits = model.lm_head(hidden[rows, positions]).float()
+        token_logps = logits.gather(-1, ids[rows, positions + 1, None]).squeeze(-1) - logits.logsumexp(-1)
+        return torch.zeros(len(ids), device=ids.device).index_add(0, rows, token_logps)
+
+    log = StepLog()
+    log.restart()
+    for step in range(spec["total_steps"]):
+        ids, attention, response = collate(rows[step * batch_size : (step + 1) * batch_size])
+        log.batch(ids, attention)
+        policy_logps = sequence_logps(policy, ids, attention, response)
+        with torch.no_grad():
+            ref_logps = sequence_logps(reference, ids, attention, response)
+        (chosen, rejected), (ref_chosen, ref_rejected) = policy_logps.chunk(2), ref_logps.chunk(2)
+        chosen_rewards, rejected_rewards = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+        loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.tick()
+        if step < RECORDED_STEPS:
+            values = (loss, chosen_rewards, rejected_rewards, chosen_rewards - rejected_rewards, chosen, rejected)
+            log.first.append({name: v.detach().mean().item() for name, v in zip(METRICS, values, strict=True)})
+            log.restart()
+    return log.result({})
+
+
+def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
+    """lit-align as a user runs it: module + data module + trainer."""
+    from functools import partial
+
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    from lit_align.data import PreferenceDataModule
+    from lit_align.module import AlignmentModule
+    from lit_align.objectives import DPO
+    from lit_align.policy import PolicySpec
+    from lit_align.reference import FrozenCopy, OfflineStore
+    from lit_align.trainer import AlignmentTrainer
+
+    log = StepLog()
+
+    class StepTimer(Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            log.restart()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if 0 < batch_idx <= RECORDED_STEPS:  # the previous step's logged values (updated after its batch end)
+                log.first.append(step_metrics(trainer))
+                log.restart()
+            log.batch(batch["input_ids"], batch["attention_mask"])
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            log.tick()
+
+    def step_metrics(trainer) -> dict[str, float]:
+        logged = trainer.callback_metrics
+        return {name: logged[f"train/{name}_step"].item() for name in METRICS}
+
+    offline = spec["reference"] == "offline"
+    reference = OfflineStore(spec["store"]) if offline else FrozenCopy()
+    module = AlignmentModule(DPO(beta=spec["beta"]), PolicySpec(path=spec["model"]), reference=reference,
+                             optimizer=partial(torch.optim.AdamW, lr=spec["lr"], weight_decay=0.0))
+    data = PreferenceDataModule(**spec["data"])
+    accelerator = "cpu" if spec["device"] == "cpu" else "gpu"
+    trainer = AlignmentTrainer(max_steps=spec["total_steps"], accelerator=accelerator, devices=1,
+                               enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+                               default_root_dir=spec["root"], callbacks=[StepTimer()])
+    if spec.get("precompute"):
+        start = time.perf_counter()
+        trainer.precompute(module, data)
+        return {"precompute_s": time.perf_counter() - start, "pairs": len(data.train_set)}
+    trainer.fit(module, data)
+    return log.result({})
+
+
+def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
+    """TRL's DPOTrainer, at matched settings or with its defaults."""
+    from datasets import load_dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    log = StepLog()
+
+    class RecordingDPOTrainer(DPOTrainer):
+        """Records each batch and, for the first steps, the loss and TRL's own metrics (instrumentation only)."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            log.batch(inputs["input_ids"], inputs["attention_mask"])
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self._recorded_loss = loss
+            return loss
+
+    class StepTimer(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            log.restart()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            log.tick()
+            if len(log.first) < RECORDED_STEPS:
+                metrics = {name: trainer._metrics["train"][name][-1] for name in METRICS[1:]}
+                log.first.append({"loss": trainer._recorded_loss.item(), **metrics})
+                log.restart()
+
+    common = dict(output_dir=spec["root"], max_steps=spec["total_steps"],
+                  per_device_train_batch_size=spec["batch_size"], max_length=spec["max_length"],
+                  train_sampling_strategy="sequential", save_strategy="no", report_to="none",
+                  use_cpu=spec["device"] == "cpu", dataloader_num_workers=0, seed=spec["seed"])
+    if spec["defaults"]:
+        config = DPOConfig(**common)
+    else:
+        config = DPOConfig(**common, beta=spec["beta"], learning_rate=spec["lr"], lr_scheduler_type="constant",
+                           optim="adamw_torch", weight_decay=0.0, max_grad_norm=0.0, bf16=False, fp16=False,
+                           gradient_checkpointing=False)
+    dataset = load_dataset("json", data_files=spec["order"], split="train").select_columns(
+        ["prompt", "chosen", "rejected"])
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    trainer = RecordingDPOTrainer(model=spec["model"], args=config, train_dataset=dataset,
+                                  processing_class=tokenizer, callbacks=[StepTimer()])
+    settings = {name: str(getattr(config, name)) for name in TRL_SETTINGS}
+    trainer.train()
+    return log.result({"settings": settings})
+
+
+def child(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    if spec["threads"]:
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+    runner = {"plain": run_plain, "lit": run_lit, "trl": run_trl}[spec["kind"]]
+    Path(spec["result"]).write_text(json.dumps(runner(spec)))
+
+
+# ----------------------------------------------------------------------------------------------- running (parent)
+
+
+def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int) -> dict[str, Any]:
+    grouped = arm.endswith("grouped")
+    order = workdir / f"order-{'grouped' if grouped else 'random'}.jsonl"
+    name = f"{arm}-{round_index}"
+    spec = dict(arm=arm, kind=arm.split("-")[0], device=args.device,
+                threads=args.threads, model=str(workdir / "model"), tokenizer=str(workdir / "tokenizer"),
+                order=str(order), batch_size=args.batch_size, max_length=args.max_length, lr=args.lr, beta=args.beta,
+                seed=args.seed, total_steps=args.warmup + args.steps, root=str(workdir / "runs" / name),
+                result=str(workdir / "results" / f"{name}.json"), log=str(workdir / "logs" / f"{name}.log"),
+                reference="offline" if "offline" in arm else "online", store=str(workdir / "store"),
+                defaults=arm == "trl-defaults", data=lit_data_settings(args, workdir, grouped))
+    return spec
+
+
+def launch(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run one arm in a fresh process; its output goes to the spec's log file."""
+    spec_path = workdir / "specs" / f"{Path(spec['result']).stem}.json"
+    for folder in ("specs", "results", "logs"):
+        (workdir / folder).mkdir(exist_ok=True)
+    spec_path.write_text(json.dumps(spec))
+    with open(spec["log"], "w") as output:
+        done = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], stdout=output,
+                              stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                              cwd=ROOT)
+    if done.returncode != 0:
+        tail = Path(spec["log"]).read_text().splitlines()[-25:]
+        raise RuntimeError(f"arm {spec['arm']} failed (log {spec['log']}):\n" + "\n".join(tail))
+    return json.loads(Path(spec["result"]).read_text())
+
+
+def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """Medians: seconds per step (wall and CPU) over all timed steps of all rounds; tokens/s (non-pad tokens over
+    wall seconds) and tokens per CPU-second per round, median over rounds; the padding share; the peak RSS (the
+    largest over rounds)."""
+    times, cpu_times, rates, cpu_rates, pad_share = [], [], [], [], []
+    for run in runs:
+        timed = slice(warmup, None)
+        tokens, padded = run["tokens"][timed], run["padded"][timed]
+        times += run["times"][timed]
+        cpu_times += run["cpu_times"][timed]
+        rates.append(sum(tokens) / sum(run["times"][timed]))
+        cpu_rates.append(sum(tokens) / sum(run["cpu_times"][timed]))
+        pad_share.append(1 - sum(tokens) / sum(padded))
+    return {"s_per_step": statistics.median(times), "cpu_s_per_step": statistics.median(cpu_times),
+            "tokens_per_s": statistics.median(rates), "tokens_per_cpu_s": statistics.median(cpu_rates),
+            "padding": statistics.median(pad_share), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "rounds": len(runs), "steps": len(times), "first": runs[0]["first"], "hashes": runs[0]["hashes"],
+            "settings": runs[0].get("settings")}
+
+
+def print_report(summary: dict[str, dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"\nMedians over {args.steps} timed steps x {args.rounds} rounds after {args.warmup} warm-up steps. "
+          "tokens/s: non-pad tokens (chosen + rejected) per wall second; CPU s/step and tokens/CPU-s: process CPU "
+          "time (all threads), less sensitive to other load on the machine. Ratios: tokens/s (tokens/CPU-s).")
+    header = "| arm | tokens/s | s/step | CPU s/step | tokens/CPU-s | padding | peak RSS MiB | vs trl | vs plain |"
+    print(header + "\n|" + "---|" * (header.count("|") - 1))
+    for arm, s in summary.items():
+        floor = summary.get("plain-grouped" if arm.endswith("grouped") else "plain")
+        print(f"| {arm} | {s['tokens_per_s']:.0f} | {s['s_per_step']:.2f} | {s['cpu_s_per_step']:.2f} | "
+              f"{s['tokens_per_cpu_s']:.0f} | {s['padding']:.0%} | {s['peak_rss_mib']:.0f} | "
+              f"{ratio(s, summary.get('trl'))} | {ratio(s, floor)} |")
+    if "lit-align-offline" in summary and "lit-align" in summary:
+        offline, online = summary["lit-align-offline"], summary["lit-align"]
+        print(f"\noffline store step time / online step time: {offline['s_per_step'] / online['s_per_step']:.2f} "
+              f"(CPU time: {offline['cpu_s_per_step'] / online['cpu_s_per_step']:.2f}; floor ≈ 0.75)")
+    if "precompute_s" in info:
+        print(f"offline store precompute (one-off): {info['precompute_s']:.1f} s for {info['pairs']} pairs "
+              f"({info['pairs'] / info['precompute_s']:.1f} pairs/s)")
+    print_agreement(summary)
+    for arm in ("trl", "trl-defaults"):
+        if arm in summary:
+            print(f"{arm} settings: {summary[arm]['settings']}")
+
+
+def print_agreement(summary: dict[str, dict[str, Any]]) -> None:
+    """The first steps' loss and metrics of every arm, and lit-align's largest difference from TRL and plain
+    (absolute, relative for values above 1 in magnitude: summed log-probs of ~100 tokens carry fp32 rounding)."""
+    print("\nFirst two steps (same weights, same batches): loss and metrics per arm")
+    same = {arm: s["hashes"] for arm, s in summary.items() if not arm.endswith("grouped")}
+    print(f"batches identical across {sorted(same)}: {len({tuple(h) for h in same.values()}) == 1}")
+    print("| arm | step | " + " | ".join(METRICS) + " |\n|" + "---|" * (len(METRICS) + 2))
+    for arm, s in summary.items():
+        for step, values in enumerate(s["first"]):
+            print(f"| {arm} | {step} | " + " | ".join(f"{values[m]:.6f}" for m in METRICS) + " |")
+    reference = summary.get("lit-align")
+    for other in ("trl", "plain"):
+        if reference and other in summary:
+            worst = max(abs(a[m] - b[m]) / max(1.0, abs(a[m]))
+                        for a, b in zip(reference["first"], summary[other]["first"], strict=True) for m in METRICS)
+            verdict = "agree" if worst <= 1e-4 else "DIFFER"
+            print(f"lit-align vs {other}: largest difference {worst:.1e} ({verdict} to 1e-4)")
+
+
+def ratio(arm: dict[str, Any], base: dict[str, Any] | None) -> str:
+    if base is None:
+        return "-"
+    return (f"{arm['tokens_per_s'] / base['tokens_per_s']:.2f}x "
+            f"({arm['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(HH_FILE), help="HH-RLHF style jsonl(.gz) (default: ../shared/data)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run (>= 2)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--pairs", type=int, default=256, help="pairs in the data set (and in the offline store)")
+    parser.add_argument("--batch-size", type=int, default=4, help="pairs per step")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-prompt-length", type=int, default=384)
+    parser.add_argument("--group-by-length", type=int, default=16, help="window of the grouped arms, in batches")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per arm (0: torch's default)")
+    parser.add_argument("--workdir", default=None, help="keep models, data, logs and results here")
+    parser.add_argument("--out", default=None, help="write the summary as JSON here")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny model, 2 steps, one round")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    if args.quick:
+        args.rounds, args.warmup, args.steps, args.pairs = 1, 2, 2, 16
+        args.max_length, args.max_prompt_length = 256, 192
+        args.threads = args.threads or 1  # tiny steps: one thread avoids stalls when other jobs share the cores
+        if args.arms == list(ARMS):
+            args.arms = ["plain", "lit-align", "trl"]
+    if args.warmup < RECORDED_STEPS:
+        parser.error(f"--warmup must be at least {RECORDED_STEPS}")
+    if importlib.util.find_spec("trl") is None:
+        skipped = [arm for arm in args.arms if arm.startswith("trl")]
+        if skipped:
+            print(f"SKIPPED {skipped}: trl is not installed (pip install -e '.[bench]')", flush=True)
+        args.arms = [arm for arm in args.arms if not arm.startswith("trl")]
+    with tempfile.TemporaryDirectory(prefix="lit-align-bench-") as scratch:
+        workdir = Path(args.workdir or scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        run(args, workdir)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    info = prepare(args, workdir)
+    load = os.getloadavg()
+    print(f"machine: {os.cpu_count()} cores ({describe_cpu()}); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"model: Llama {model_config(args)}, {info['parameters'] / 1e6:.1f}M parameters, fp32, on {args.device}")
+    print(f"data: {info['pairs']} HH-RLHF pairs from {args.data} ({info['fitting_pairs_of_all'][1]} of "
+          f"{info['fitting_pairs_of_all'][0]} fit max_length {args.max_length} / prompt {args.max_prompt_length}); "
+          f"batch {args.batch_size} pairs; setup {info['setup_s']:.0f} s", flush=True)
+    if "lit-align-offline" in args.arms:
+        result = launch({**arm_spec("lit-align-offline", args, workdir, 0), "precompute": True, "arm": "precompute",
+                         "result": str(workdir / "results" / "precompute.json"),
+                         "log": str(workdir / "logs" / "precompute.log")}, workdir)
+        info.update(result)
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in args.arms}
+    for round_index in range(args.rounds):
+        shift = round_index % len(args.arms)
+        for arm in args.arms[shift:] + args.arms[:shift]:
+            result = launch(arm_spec(arm, args, workdir, round_index), workdir)
+            runs[arm].append(result)
+            rate = sum(result["tokens"][args.warmup :]) / sum(result["times"][args.warmup :])
+            print(f"round {round_index} {arm}: {rate:.0f} tokens/s, load {os.getloadavg()[0]:.2f}", flush=True)
+    summary = {arm: summarise(results, args.warmup) for arm, results in runs.items()}
+    print_report(summary, info, args)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"info": info, "args": vars(args), "summary": summary}, indent=1))
+
+
+def describe_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
