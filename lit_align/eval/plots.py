@@ -117,7 +117,7 @@ def plot_diversity(runs: Sequence[RunSummary], path: str | Path) -> None:
         for name, label in _labels(runs, FDPO_FAMILY + TOKEN_LEVEL[1:]):
             mine = sorted((r for r in runs if r.name == name), key=lambda r: r.beta)
             ax.plot([r.final["reward"] for r in mine], [r.final[key] for r in mine], color=COLORS.get(name),
-                    alpha=0.5, lw=1, label=label)
+                    alpha=0.5, lw=2, label=label)
             for run in mine:
                 ax.scatter(run.final["reward"], run.final[key], color=COLORS.get(name),
                            marker=_marker(betas, run.beta), s=55, edgecolor="black", linewidth=0.5, zorder=3)
@@ -126,11 +126,10 @@ def plot_diversity(runs: Sequence[RunSummary], path: str | Path) -> None:
         ax.set_xlabel("mean oracle reward of samples")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        first_legend = ax.legend(loc="lower left", fontsize=8)
-        ax.add_artist(first_legend)
-        ax.legend(handles=_beta_handles(betas), loc="upper right", fontsize=8)
+    handles = axes[0].get_legend_handles_labels()[0] + _beta_handles(betas)
+    fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=8, frameon=False)
     fig.suptitle("Diversity vs reward at the end of training (lines join the β values of one objective)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
