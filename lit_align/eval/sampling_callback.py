@@ -47,6 +47,7 @@ from lit_align.eval.scoring import ended_before, score_responses
 from lit_align.tasks.oracle import SentimentOracle
 from lit_align.tasks.pairs import read_jsonl
 from lit_align.tasks.sampling import sample_continuations
+from lit_align.validation import require_counts, require_positive
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +105,15 @@ class SamplingEvaluation(L.Callback):
         pairs: bool = True,
         at_start: bool = True,
     ) -> None:
-        for name, value in (
-            ("every_n_steps", every_n_steps),
-            ("num_prompts", 1 if num_prompts is None else num_prompts),
-            ("samples_per_prompt", samples_per_prompt),
-            ("max_new_tokens", max_new_tokens),
-            ("batch_size", batch_size),
-            *((f"distinct_n[{i}]", n) for i, n in enumerate(distinct_n)),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={value}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got temperature={temperature}")
+        require_counts(
+            every_n_steps=every_n_steps,
+            num_prompts=num_prompts,
+            samples_per_prompt=samples_per_prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            **{f"distinct_n[{i}]": n for i, n in enumerate(distinct_n)},
+        )
+        require_positive(temperature=temperature)
         if num_texts < 0:
             raise ValueError(f"num_texts must be >= 0, got num_texts={num_texts}")
         self.every_n_steps = every_n_steps

@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_align.tasks.oracle import SentimentOracle
 from lit_align.tasks.pairs import read_jsonl
 from lit_align.tasks.sampling import response_logps, sample_continuations
+from lit_align.validation import require_counts, require_positive
 
 
 class SamplingModule(Protocol):
@@ -75,16 +76,13 @@ class OracleRewardReport(L.Callback):
         seed: int = 1234,
         accuracy_key: str = "val/rewards/accuracies",
     ) -> None:
-        for name, value in (
-            ("num_prompts", 1 if num_prompts is None else num_prompts),
-            ("samples_per_prompt", samples_per_prompt),
-            ("max_new_tokens", max_new_tokens),
-            ("batch_size", batch_size),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={value}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got temperature={temperature}")
+        require_counts(
+            num_prompts=num_prompts,
+            samples_per_prompt=samples_per_prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        require_positive(temperature=temperature)
         self.prompts_path = prompts_path
         self.num_prompts = num_prompts
         self.samples_per_prompt = samples_per_prompt
