@@ -6,10 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from torch import Tensor, nn
-from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+from peft import LoraConfig, get_peft_model
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from lit_align.head import OutputHead, check_output_head, final_hidden, output_head
+
+__all__ = ["DType", "LoraSettings", "PolicySpec", "build_policy", "final_hidden", "lm_head", "load_causal_lm"]
 
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -52,8 +55,10 @@ class PolicySpec:
 
 
 def build_policy(spec: PolicySpec) -> nn.Module:
-    """Build the policy in ``spec.dtype``, with gradient checkpointing and the LoRA adapter if asked for."""
+    """Build the policy in ``spec.dtype``, with gradient checkpointing and the LoRA adapter if asked for; refuse a
+    model whose logits lit-align cannot reproduce (:func:`lit_align.head.check_output_head`)."""
     model = load_causal_lm(spec)
+    check_output_head(model)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -81,19 +86,7 @@ def load_causal_lm(spec: PolicySpec) -> PreTrainedModel:
         return AutoModelForCausalLM.from_config(config_class, dtype=dtype, **spec.extra)
 
 
-def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Final hidden states (after the last norm) of a causal LM, without computing any logits.
-
-    A model sharded with FSDP (:mod:`lit_align.sharding`) runs through its own forward, which gathers its root
-    unit (embedding, norm and, with FSDP2, LM head), with logits for the last position only."""
-    if isinstance(model, FSDPModule | FullyShardedDataParallel):
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                        output_hidden_states=True, logits_to_keep=1)
-        return outputs.hidden_states[-1]
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-
-
-def lm_head(model: nn.Module) -> nn.Module:
-    """The output projection of a causal LM (through a peft wrapper)."""
-    return model.get_output_embeddings()
+def lm_head(model: nn.Module) -> OutputHead:
+    """The output head of a causal LM (through a peft or FSDP wrapper): its output embeddings followed by its
+    family's post-head transform, so ``lm_head(model)(final_hidden(model, ...))`` are ``model(...).logits``."""
+    return output_head(model)

@@ -27,7 +27,7 @@ class DisabledAdapter(OnlineReference):
             raise ValueError(
                 "DisabledAdapter needs a LoRA policy: set model.policy.lora, or use FrozenCopy as the reference"
             )
-        if isinstance(lm_head(policy), LoraLayer):
+        if isinstance(policy.get_output_embeddings(), LoraLayer):
             raise ValueError("DisabledAdapter runs the LM head outside disable_adapter(); keep lm_head out of "
                              "the LoRA target_modules")
         self.policy = policy

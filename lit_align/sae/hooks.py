@@ -31,12 +31,14 @@ class _StopForward(Exception):
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a causal LM, its base model, or a PEFT wrapper of either: ``get_decoder().layers``."""
+    """The decoder blocks of a causal LM, its base model, or a PEFT wrapper of either: ``get_decoder().layers``
+    (``get_decoder().h`` in GPT-2-style models)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(model).__name__} has no decoder layers at model.get_decoder().layers")
-    return layers
+    for name in ("layers", "h"):
+        layers = getattr(decoder, name, None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ValueError(f"{type(model).__name__} has no decoder layers at model.get_decoder().layers (or .h)")
 
 
 class ResidualCapture:

@@ -1,0 +1,163 @@
+"""Every log-prob path reproduces ``log_softmax(model(**inputs).logits)`` in every verified family.
+
+Per family (tests/families.py: tiny fp32 configs with each family's post-head transform switched on and a large
+head), with and without a LoRA adapter (random ``lora_B`` once the references are taken, so the adapter changes
+the output): the policy's
+response log-probs, each online reference's (FrozenCopy, DisabledAdapter), the token-level KL, and the SAE
+residual hook, against a naive computation from the model's own forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor
+
+from lit_align.head import VERIFIED_MODEL_TYPES, check_output_head
+from lit_align.logprobs import sequence_logps
+from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head, load_causal_lm
+from lit_align.reference import DisabledAdapter, FrozenCopy
+from lit_align.sae import residual_stream
+from lit_align.token_kl import sequence_logps_and_kl
+from tests.families import FAMILIES, POST_HEAD_FAMILIES, build_family, family_batch
+
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+CASES = [(family, lora) for family in FAMILIES for lora in (False, True)]
+IDS = [f"{family}-{'lora' if lora else 'full'}" for family, lora in CASES]
+
+
+def with_lora(model):
+    """``model`` with a fresh LoRA adapter on every linear layer (``lora_B`` zero: no change yet)."""
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, config).eval()
+
+
+def move_away(policy) -> None:
+    """Change the policy after its references were taken: random ``lora_B`` (the adapter is no longer a no-op),
+    or noise on every weight without an adapter."""
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if not isinstance(policy, PeftModel):
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+            elif "lora_B" in name:
+                parameter.normal_(0.0, 0.3, generator=generator)
+
+
+def policy_for(family: str, lora: bool):
+    model = build_family(family)
+    return with_lora(model) if lora else model
+
+
+def attached(policy, lora: bool) -> list:
+    """The online references of ``policy`` (a frozen copy, and the disabled adapter with LoRA), then
+    :func:`move_away` the policy from them."""
+    references = [FrozenCopy(), *([DisabledAdapter()] if lora else [])]
+    for reference in references:
+        reference.attach(policy)
+    move_away(policy)
+    return references
+
+
+def naive_logprobs(model, batch: dict[str, Tensor]) -> Tensor:
+    """``log_softmax(model(**inputs).logits)`` in float64, ``(batch, time - 1, vocab)``: position t predicts t + 1."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits[:, :-1].double().log_softmax(-1)
+
+
+def naive_sequence_logps(logprobs: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    token = logprobs.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (token * batch["response_mask"][:, 1:]).sum(-1)
+
+
+def naive_seq_kl(policy_logprobs: Tensor, ref_logprobs: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    kl = (ref_logprobs.exp() * (ref_logprobs - policy_logprobs)).sum(-1)
+    return (kl * batch["response_mask"][:, 1:]).sum(-1)
+
+
+def close(got: Tensor, expected: Tensor) -> None:
+    torch.testing.assert_close(got.double(), expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_families_are_the_verified_ones_and_pass_the_configure_check(family):
+    assert set(FAMILIES) == VERIFIED_MODEL_TYPES
+    build_policy(PolicySpec(config={"model_type": family, **FAMILIES[family]}))  # runs check_output_head
+
+
+@pytest.mark.parametrize("family", POST_HEAD_FAMILIES)
+def test_the_bare_projection_is_wrong_in_post_head_families(family):
+    """The old path (hidden states through ``get_output_embeddings()`` alone) fails these tests by far."""
+    model, batch = build_family(family), family_batch()
+    with torch.no_grad():
+        old = sequence_logps(final_hidden(model, batch["input_ids"], batch["attention_mask"]),
+                             model.get_output_embeddings(), batch["input_ids"], batch["response_mask"])
+    assert (old.double() - naive_sequence_logps(naive_logprobs(model, batch), batch)).abs().max() > 1.0
+
+
+@pytest.mark.parametrize(("family", "lora"), CASES, ids=IDS)
+def test_policy_logps(family, lora):
+    policy, batch = policy_for(family, lora), family_batch()
+    move_away(policy)
+    ids, mask = batch["input_ids"], batch["response_mask"]
+    hidden = final_hidden(policy, ids, batch["attention_mask"])
+    logps = sequence_logps(hidden, lm_head(policy), ids, mask, chunk_size=3)  # checkpointed chunks
+    close(logps.detach(), naive_sequence_logps(naive_logprobs(policy, batch), batch))
+    logps.sum().backward()
+    assert all(p.grad is None or p.grad.isfinite().all() for p in policy.parameters())
+
+
+@pytest.mark.parametrize(("family", "lora"), CASES, ids=IDS)
+def test_online_references_and_token_kl(family, lora):
+    policy, batch = policy_for(family, lora), family_batch()
+    expected_ref = naive_logprobs(policy, batch)
+    references = attached(policy, lora)
+    expected_policy = naive_logprobs(policy, batch)
+    ids, mask = batch["input_ids"], batch["response_mask"]
+    for reference in references:
+        close(reference.sequence_logps(batch), naive_sequence_logps(expected_ref, batch))
+        hidden = final_hidden(policy, ids, batch["attention_mask"])
+        ref_hidden, ref_head = reference.final_hidden(batch)
+        result = sequence_logps_and_kl(hidden, lm_head(policy), ref_hidden, ref_head, ids, mask, chunk_size=3)
+        close(result.policy_logps.detach(), naive_sequence_logps(expected_policy, batch))
+        close(result.ref_logps, naive_sequence_logps(expected_ref, batch))
+        expected_kl = naive_seq_kl(expected_policy, expected_ref, batch)
+        assert expected_kl.sum() > 1e-3  # far above the tolerance: a KL of zero would fail
+        close(result.seq_kl.detach(), expected_kl)
+
+
+@pytest.mark.parametrize(("family", "lora"), CASES, ids=IDS)
+def test_sae_hook_captures_the_layer_output(family, lora):
+    """The residual at layer 0 is ``output_hidden_states``' entry for it (index 1), on valid positions."""
+    policy, batch = policy_for(family, lora), family_batch()
+    ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    valid = attention_mask.bool()
+
+    def expected(model) -> Tensor:
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[1]
+
+    base = expected(policy)
+    references = attached(policy, lora)
+    with torch.no_grad():
+        torch.testing.assert_close(residual_stream(policy, 0, ids, attention_mask)[valid], expected(policy)[valid])
+    for reference in references:
+        torch.testing.assert_close(reference.residual(batch, 0)[valid], base[valid])
+
+
+def test_an_unknown_post_head_transform_is_refused_naming_the_family():
+    spec = PolicySpec(config={"model_type": "vaultgemma", **FAMILIES["gemma2"]})
+    with pytest.raises(ValueError, match="model_type 'vaultgemma'.*does not reproduce"):
+        build_policy(spec)
+
+
+def test_on_the_meta_device_only_verified_families_pass():
+    with torch.device("meta"):
+        check_output_head(build_family("gemma2", head_scale=1.0))
+        unverified = load_causal_lm(
+            PolicySpec(config={"model_type": "vaultgemma", **FAMILIES["gemma2"]})
+        )
+    with pytest.raises(ValueError, match="'vaultgemma' on the meta device"):
+        check_output_head(unverified)
