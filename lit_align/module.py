@@ -77,6 +77,7 @@ class AlignmentModule(L.LightningModule):
         self.reference = reference if objective.needs else None
         if self.reference is not None:
             self.reference.check(objective.needs, type(objective).__name__)
+            self.reference.bind_policy_spec(policy)
         self.feature_source = feature_source(objective) if "sae_features" in objective.needs else None
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler

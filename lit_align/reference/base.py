@@ -15,6 +15,7 @@ from lit_align.objectives.base import Need
 
 if TYPE_CHECKING:
     from lit_align.objectives.fpo import FeatureSource
+    from lit_align.policy import PolicySpec
 
 
 class ReferenceProvider(ABC):
@@ -44,6 +45,11 @@ class ReferenceProvider(ABC):
         """Prepare the reference for ``policy`` (called in ``configure_model``, before any training).
 
         ``datamodule`` is the run's data, when there is one; a store checks that it covers it."""
+
+    def bind_policy_spec(self, spec: PolicySpec) -> None:
+        """Learn how the policy is loaded (called when the module is built), for a provider that loads a model of
+        its own the same way; the others need nothing."""
+        return None
 
     def shard(self, shard_model: Callable[[nn.Module], nn.Module]) -> None:
         """Shard the reference's own model with ``shard_model`` (which returns the sharded model), as the policy is

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from peft import PeftModel
 from torch import Tensor, nn
 
+from lit_align.head import check_output_head
 from lit_align.policy import DType, PolicySpec, final_hidden, lm_head, load_causal_lm
 from lit_align.reference.base import OnlineReference
 from lit_align.sae.hooks import residual_stream
@@ -23,17 +26,42 @@ class FrozenCopy(OnlineReference):
 
     Args:
         path: a separate reference model (``from_pretrained``); unset means a copy of the initial policy.
-        dtype: the reference's dtype when loaded from ``path``.
+        dtype: the reference's dtype when loaded from ``path``; unset: the policy's.
+        trust_remote_code: run the hub code of the model at ``path``; unset: as the policy.
+        extra: further ``from_pretrained`` keyword arguments for ``path``; unset: the policy's ``extra``.
     """
 
-    def __init__(self, path: str | None = None, dtype: DType = "float32") -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        dtype: DType | None = None,
+        trust_remote_code: bool | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.path = path
         self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        self.extra = extra
+        self.policy_spec: PolicySpec | None = None
         self.model: nn.Module | None = None
+
+    def bind_policy_spec(self, spec: PolicySpec) -> None:
+        self.policy_spec = spec
+
+    def spec(self) -> PolicySpec:
+        """How the model at ``path`` is loaded: as the policy (its dtype, ``trust_remote_code`` and ``extra``),
+        with this reference's own settings where they are set; no adapter, no gradient checkpointing."""
+        base = self.policy_spec or PolicySpec(path=self.path)
+        overrides = {"dtype": self.dtype, "trust_remote_code": self.trust_remote_code, "extra": self.extra}
+        return dataclasses.replace(
+            base, path=self.path, config=None, lora=None, gradient_checkpointing=False,
+            **{name: value for name, value in overrides.items() if value is not None},
+        )
 
     def attach(self, policy: nn.Module, datamodule=None) -> None:
         if self.path is not None:
-            model = load_causal_lm(PolicySpec(path=self.path, dtype=self.dtype))
+            model = load_causal_lm(self.spec())
+            check_output_head(model)
         else:
             model = copy.deepcopy(policy.get_base_model() if isinstance(policy, PeftModel) else policy)
         self.model = model.requires_grad_(False).eval()
