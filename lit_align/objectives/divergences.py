@@ -11,7 +11,9 @@ Additive constants cancel in every margin-based loss; they are chosen so that f'
 where the policy equals its reference): reverse KL drops its "+1", so its rewards are DPO's ``β r``, and
 forward KL adds 1, as TRL 1.16 writes it. α → 0 recovers reverse KL and α = 1 forward KL.
 Exponentials are capped at the dtype's largest finite exponent (as TRL's ``cap_exp``), so values and
-gradients stay finite for log-ratios of ±1000.
+gradients stay finite for log-ratios of ±1000. The α-divergence's cap includes its ``1/α``: ``e^{-αr}/α`` stays
+below the dtype's largest value (by a few roundings), so ``f'`` is exact wherever its exact value is finite in
+the dtype (up to that margin) and about ``-finfo.max`` beyond; with β ≤ 1 the f-DPO margin and loss stay finite too.
 """
 
 from __future__ import annotations
@@ -41,5 +43,16 @@ def f_prime(log_ratio: Tensor, divergence: Divergence, alpha: float = 0.5) -> Te
     if divergence == "js":
         return math.log(2.0) - F.softplus(-log_ratio)
     if divergence == "alpha":
-        return (1.0 - capped_exp(-alpha * log_ratio)) / alpha
+        return alpha_f_prime(log_ratio, alpha)
     raise ValueError(f"unknown divergence {divergence!r}; choose one of reverse_kl, forward_kl, js, alpha")
+
+
+def alpha_f_prime(log_ratio: Tensor, alpha: float) -> Tensor:
+    """``(1 - e^{-αr}) / α = -expm1(-αr) / α``, computed in at least fp32 with ``-αr`` capped a few roundings
+    below ``log(α · finfo.max)`` of ``log_ratio``'s dtype, so the result in that dtype is at least ``-finfo.max``
+    (a cap on ``-αr`` alone overflows for small α: ``e^{86} / 0.1 > 3.4e38``)."""
+    work = torch.promote_types(log_ratio.dtype, torch.float32)
+    limit = math.log(alpha * torch.finfo(log_ratio.dtype).max)
+    cap = limit - 4 * (torch.finfo(log_ratio.dtype).eps + torch.finfo(work).eps * abs(limit))
+    exponent = (-alpha * log_ratio.to(work)).clamp(max=cap)
+    return (-torch.expm1(exponent) / alpha).to(log_ratio.dtype)
