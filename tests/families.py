@@ -50,9 +50,10 @@ POST_HEAD_FAMILIES = ("gemma2", "gemma3_text", "cohere", "granite")
 """Families whose forward transforms the logits after the LM head."""
 
 
-def build_family(model_type: str, seed: int = 0, head_scale: float = 20.0) -> PreTrainedModel:
-    """A tiny random model of ``model_type`` in eval mode, output embeddings scaled by ``head_scale``."""
-    config = AutoConfig.for_model(model_type, **FAMILIES[model_type])
+def build_family(model_type: str, seed: int = 0, head_scale: float = 20.0, **overrides: Any) -> PreTrainedModel:
+    """A tiny random model of ``model_type`` in eval mode, output embeddings scaled by ``head_scale``; ``overrides``
+    change the config (e.g. ``vocab_size`` for a real tokenizer)."""
+    config = AutoConfig.for_model(model_type, **{**FAMILIES[model_type], **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():

@@ -4,7 +4,8 @@ Per family (tests/families.py: tiny fp32 configs with each family's post-head tr
 head), with and without a LoRA adapter (random ``lora_B`` once the references are taken, so the adapter changes
 the output): the policy's
 response log-probs, each online reference's (FrozenCopy, DisabledAdapter), the token-level KL, and the SAE
-residual hook, against a naive computation from the model's own forward.
+residual hook, against a naive computation from the model's own forward; and evaluation scoring in the families
+with a post-head transform.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
+from transformers import AutoTokenizer
 
+from lit_align.eval.scoring import score_responses
 from lit_align.head import VERIFIED_MODEL_TYPES, check_output_head
 from lit_align.logprobs import sequence_logps
 from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head, load_causal_lm
@@ -145,6 +148,21 @@ def test_sae_hook_captures_the_layer_output(family, lora):
         torch.testing.assert_close(residual_stream(policy, 0, ids, attention_mask)[valid], expected(policy)[valid])
     for reference in references:
         torch.testing.assert_close(reference.residual(batch, 0)[valid], base[valid])
+
+
+@pytest.mark.parametrize("family", POST_HEAD_FAMILIES)
+def test_evaluation_scoring(family, tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = build_family(family, vocab_size=len(tokenizer))
+    prompts, responses = ["Question: how was it?", "Hi"], [" It was fine.", " there, friend"]
+    expected = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        ids = tokenizer(prompt + response)["input_ids"] + [tokenizer.eos_token_id]
+        start = len(tokenizer(prompt)["input_ids"])
+        with torch.no_grad():
+            logprobs = model(input_ids=torch.tensor([ids])).logits[0].double().log_softmax(-1)
+        expected.append(sum(logprobs[t - 1, ids[t]] for t in range(start, len(ids))))
+    close(score_responses(model, tokenizer, prompts, responses), torch.stack(expected))
 
 
 def test_an_unknown_post_head_transform_is_refused_naming_the_family():
