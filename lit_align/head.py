@@ -6,9 +6,10 @@ Several transformers families transform the logits after the LM head projection 
     cohere                z ← z · config.logit_scale
     granite               z ← z / config.logits_scaling
 
-so ``lm_head(hidden)`` alone gives other log-probs than ``log_softmax(model(...).logits)`` (on a tiny Gemma-2 with
-softcap 5, −123 instead of −52 for one response). :class:`OutputHead` is the projection followed by the family's
-transform, and every log-prob path (policy, references, token KL, store, evaluation) goes through it.
+so ``lm_head(hidden)`` alone gives other log-probs than ``log_softmax(model(...).logits)`` (on the tiny Gemma-2 of
+``tests/families.py``, softcap 5, one response's −53.28 instead of −32.17). :class:`OutputHead` is the projection
+followed by the family's transform, and every log-prob path (policy, references, token KL, store, evaluation) goes
+through it.
 
 :func:`check_output_head` refuses, when a model is configured, a model whose ``model(...).logits`` this head does
 not reproduce: it runs one short forward and compares (so a family with a transform not listed here, or a
@@ -86,11 +87,17 @@ def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) ->
     A model sharded with FSDP (:mod:`lit_align.sharding`) runs through its own forward, which gathers its root
     unit (embedding, norm and, with FSDP2, LM head), with logits for the last position only."""
     if isinstance(model, FSDPModule | FullyShardedDataParallel):
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                        output_hidden_states=True, logits_to_keep=1)
-        return outputs.hidden_states[-1]
+        return hidden_through_forward(model, input_ids, attention_mask)
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     return base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def hidden_through_forward(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """:func:`final_hidden` through the model's own forward: its last ``hidden_states`` entry (after the final
+    norm in every verified family), with logits for the last position only."""
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                    output_hidden_states=True, logits_to_keep=1)
+    return outputs.hidden_states[-1]
 
 
 def check_output_head(model: nn.Module) -> None:
@@ -109,7 +116,7 @@ def check_output_head(model: nn.Module) -> None:
                 f"families: {sorted(VERIFIED_MODEL_TYPES)}"
             )
         return
-    input_ids = (torch.arange(8, device=parameter.device) * 7919 + 3) % model.config.vocab_size
+    input_ids = (torch.arange(8, device=parameter.device) * 7919 + 3) % model.get_input_embeddings().num_embeddings
     input_ids, attention_mask = input_ids[None], torch.ones(1, 8, dtype=torch.long, device=parameter.device)
     was_training = model.training
     model.eval()

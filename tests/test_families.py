@@ -17,7 +17,7 @@ from torch import Tensor
 from transformers import AutoTokenizer
 
 from lit_align.eval.scoring import score_responses
-from lit_align.head import VERIFIED_MODEL_TYPES, check_output_head
+from lit_align.head import VERIFIED_MODEL_TYPES, check_output_head, hidden_through_forward
 from lit_align.logprobs import sequence_logps
 from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head, load_causal_lm
 from lit_align.reference import DisabledAdapter, FrozenCopy
@@ -110,6 +110,17 @@ def test_policy_logps(family, lora):
     close(logps.detach(), naive_sequence_logps(naive_logprobs(policy, batch), batch))
     logps.sum().backward()
     assert all(p.grad is None or p.grad.isfinite().all() for p in policy.parameters())
+
+
+@pytest.mark.parametrize(("family", "lora"), CASES, ids=IDS)
+def test_final_hidden_through_the_forward_as_under_fsdp(family, lora):
+    """A sharded model's final hidden states come from its forward's last ``hidden_states`` entry: the same."""
+    policy, batch = policy_for(family, lora), family_batch()
+    move_away(policy)
+    with torch.no_grad():
+        direct = final_hidden(policy, batch["input_ids"], batch["attention_mask"])
+        through = hidden_through_forward(policy, batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(through, direct, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("family", "lora"), CASES, ids=IDS)
