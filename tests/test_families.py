@@ -2,10 +2,9 @@
 
 Per family (tests/families.py: tiny fp32 configs with each family's post-head transform switched on and a large
 head), with and without a LoRA adapter (random ``lora_B`` once the references are taken, so the adapter changes
-the output): the policy's
-response log-probs, each online reference's (FrozenCopy, DisabledAdapter), the token-level KL, and the SAE
-residual hook, against a naive computation from the model's own forward; and evaluation scoring in the families
-with a post-head transform.
+the output): the policy's response log-probs, each online reference's (FrozenCopy, DisabledAdapter), the
+token-level KL and the SAE residual hook, against a naive computation from the model's own forward; evaluation
+scoring in the families with a post-head transform; and the configure-time refusal of an unknown transform.
 """
 
 from __future__ import annotations
@@ -177,8 +176,6 @@ def test_an_unknown_post_head_transform_is_refused_naming_the_family():
 def test_on_the_meta_device_only_verified_families_pass():
     with torch.device("meta"):
         check_output_head(build_family("gemma2", head_scale=1.0))
-        unverified = load_causal_lm(
-            PolicySpec(config={"model_type": "vaultgemma", **FAMILIES["gemma2"]})
-        )
+        unverified = load_causal_lm(PolicySpec(config={"model_type": "vaultgemma", **FAMILIES["gemma2"]}))
     with pytest.raises(ValueError, match="'vaultgemma' on the meta device"):
         check_output_head(unverified)
