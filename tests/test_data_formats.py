@@ -8,7 +8,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer
 
 from lit_align.data import LengthSettings, PairCollator, PairTokenizer, split_row
-from lit_align.data.formats import detect_format
+from lit_align.data.layouts import detect_format
 from lit_align.data.tokenize import OK, example_key
 from tests.conftest import CHAT_TEMPLATE, explicit_rows, hh_rows
 

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
 from lit_align.data import LengthSettings, PairTokenizer, PreferenceDataModule, split_row
-from lit_align.data.formats import HH_ASSISTANT
+from lit_align.data.layouts import HH_ASSISTANT
 from tests.conftest import HH_FILE, explicit_rows, hh_rows, write_jsonl
 
 ROWS = explicit_rows(24)

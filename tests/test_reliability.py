@@ -412,7 +412,7 @@ def test_the_source_scan_sees_code():
 
 def test_remote_code_is_off_unless_configured():
     assert PolicySpec(path="x").trust_remote_code is False
-    assert PreferenceDataModule("x.jsonl", "tokenizer").settings.trust_remote_code is False
+    assert PreferenceDataModule("x.jsonl", "tokenizer").hparams.trust_remote_code is False
 
 
 def plain_files(directory: Path) -> dict[str, str]:

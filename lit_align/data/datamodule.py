@@ -1,90 +1,60 @@
-"""``PreferenceDataModule``: preference pairs from a file, a saved dataset or a dataset name, tokenised and
+"""``PreferenceDataModule``: preference pairs from a source (a file, a dataset, a mixture, a task), tokenised and
 batched for alignment."""
 
 from __future__ import annotations
 
-import gzip
-from collections import Counter
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from jsonargparse.typing import NonNegativeInt
-from lightning.pytorch.utilities import AttributeDict, rank_zero_info
+from datasets import Dataset, concatenate_datasets
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from lit_align.data.chat import resolve_chat_template
 from lit_align.data.collator import PairCollator
-from lit_align.data.formats import RowFormat
+from lit_align.data.layouts import Layout
+from lit_align.data.report import Report, describe_report, tally
 from lit_align.data.sampler import TrainOrder
+from lit_align.data.sources import DataSource, PairSource
 from lit_align.data.tokenize import OK, LengthSettings, PairTokenizer, TruncationMode
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 PAIR_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "example_key"]
 
 
-def load_rows(path: str, split: str) -> Dataset:
-    """Raw rows from a local file (jsonl/json/parquet/csv, optionally .gz), a ``save_to_disk`` directory
-    or a dataset name on the hub; any failure is a ValueError naming ``path`` and the innermost cause."""
-    try:
-        rows = _read_rows(Path(path), path, split)
-        rows.data.table.validate(full=True)  # Arrow's JSON reader keeps invalid UTF-8 until a row is read
-    except Exception as error:  # datasets wraps parse errors (invalid UTF-8, bad JSON) in its own classes
-        message = f"could not read preference data from {path!r} (split {split!r}): {_reason(error)}"
-        raise ValueError(message) from error
-    return rows
-
-
-def _read_rows(local: Path, path: str, split: str) -> Dataset:
-    if local.is_dir():
-        saved = load_from_disk(str(local))
-        if isinstance(saved, DatasetDict) and split not in saved:
-            raise ValueError(f"no split {split!r}; the saved dataset has {sorted(saved)}")
-        return saved[split] if isinstance(saved, DatasetDict) else saved
-    if local.is_file():
-        suffix = Path(local.name.removesuffix(".gz")).suffix
-        if suffix not in _BUILDERS:
-            raise ValueError(f"unsupported file type {suffix!r}; use one of {sorted(_BUILDERS)}")
-        if _is_blank(local):
-            raise ValueError("the file is empty")
-        return load_dataset(_BUILDERS[suffix], data_files=str(local), split="train")
-    return load_dataset(path, split=split)
-
-
-def _is_blank(local: Path) -> bool:
-    opener = gzip.open if local.suffix == ".gz" else open
-    with opener(local, "rb") as handle:
-        return not any(chunk.strip() for chunk in iter(lambda: handle.read(1 << 20), b""))
-
-
-def _reason(error: BaseException) -> str:
-    """The innermost cause as ``Type: message`` (datasets hides e.g. a UnicodeDecodeError behind its own)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    if "corresponds to no data" in str(error):  # how datasets says that a file parsed to zero rows
-        return "the file holds no rows"
-    return f"{type(error).__name__}: {error}"
+def load_rows(path: str, split: str = "train") -> Dataset:
+    """Raw rows of a file, a directory or a dataset name (see :class:`~lit_align.data.sources.DataSource`)."""
+    return DataSource(path, split).load()[0]
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Preference pairs, tokenised with ``datasets.map`` (cached) and batched by :class:`PairCollator`.
+    """Preference pairs from a source, tokenised with batched ``datasets.map`` (cached) and batched by
+    :class:`PairCollator`.
 
-    Bad rows are counted by reason and skipped; the counts are logged at setup and kept in ``report``. Training
-    pairs come in a seeded order (:class:`~lit_align.data.sampler.TrainOrder`), shared out between data-parallel
-    processes, whose position checkpoints keep, so a run resumed mid-epoch continues with the next batch.
+    The pairs come from ``path`` (with ``split``, ``name``, ``data_dir``, ``data_files``, ``revision``,
+    ``row_format``, ``columns``, ``skip_bad_lines``: one :class:`~lit_align.data.sources.DataSource`) or from
+    ``source``: a ``DataSource``, a weighted :class:`~lit_align.data.sources.Mixture`, or a task that builds its
+    pairs (:class:`~lit_align.tasks.ControlledTask`). Bad rows are counted by reason and skipped; the counts and
+    the layout each source was read as are logged at setup and kept in ``report``. Training pairs come in a seeded
+    order (:class:`~lit_align.data.sampler.TrainOrder`), shared out between data-parallel processes, whose
+    position checkpoints keep, so a run resumed mid-epoch continues with the next batch.
 
     Args:
-        path: a local file, a ``save_to_disk`` directory or a dataset name.
-        tokenizer: path or name of the tokenizer (its chat template renders conversational rows).
-        row_format: ``auto`` | ``explicit`` | ``conversational`` | ``hh``.
-        split: the split of ``path`` to train on.
-        val_path: held-out pairs; when unset, ``val_fraction`` of ``path`` is held out.
-        val_split: the split of ``val_path`` (or of ``path``) to validate on, when it has splits.
-        val_fraction: fraction of the training pairs held out when ``val_path`` is unset (0 disables).
+        path: a local file, a directory or a dataset name (or give ``source``).
+        tokenizer: path or name of the tokenizer; unset, the source's own (the controlled task's).
+        row_format: the layout of ``path``'s rows: ``auto`` | ``explicit`` | ``implicit`` | ``conversational`` |
+            ``hh`` (see :mod:`lit_align.data.layouts`).
+        split: the split of ``path`` to train on, with slicing (``train[:10%]``).
+        val_path: held-out pairs; when unset (and the source has none), ``val_fraction`` of each training source
+            is held out.
+        val_split: the split of ``val_path`` to validate on.
+        val_fraction: fraction of the training pairs held out when there is no validation source (0 disables).
         max_length, max_prompt_length, truncation_mode: see :class:`LengthSettings`.
         batch_size: pairs per training batch (per process).
         eval_batch_size: pairs per validation batch; defaults to ``batch_size``.
@@ -94,13 +64,20 @@ class PreferenceDataModule(L.LightningDataModule):
         group_by_length: batch pairs of similar length, so little compute goes to padding: the training shuffle is
             sorted by length within windows of this many batches, then the batches are shuffled
             (:func:`~lit_align.data.sampler.length_grouped`); 0 (the default) keeps the plain shuffle.
+        source: where the pairs come from, instead of ``path``.
+        name, data_dir, data_files, revision: passed to :func:`datasets.load_dataset` for ``path``.
+        columns: ``path``'s column names for the layout's fields, e.g. ``{prompt: question}``.
+        skip_bad_lines: skip and count (``bad_json``) JSON lines of ``path`` that do not parse.
+        chat_template: a Jinja chat template (the string, or a file holding it) replacing the tokenizer's.
+        system_prompt: a system message put first in conversations that have none.
+        num_proc: processes tokenising (``datasets.map``); unset tokenises in this process.
     """
 
     def __init__(
         self,
-        path: str,
-        tokenizer: str,
-        row_format: RowFormat = "auto",
+        path: str | None = None,
+        tokenizer: str | None = None,
+        row_format: Layout = "auto",
         split: str = "train",
         val_path: str | None = None,
         val_split: str = "test",
@@ -114,21 +91,35 @@ class PreferenceDataModule(L.LightningDataModule):
         seed: int = 0,
         trust_remote_code: bool = False,
         group_by_length: NonNegativeInt = 0,
+        source: PairSource | None = None,
+        name: str | None = None,
+        data_dir: str | None = None,
+        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        revision: str | None = None,
+        columns: dict[str, str] | None = None,
+        skip_bad_lines: bool = False,
+        chat_template: str | None = None,
+        system_prompt: str | None = None,
+        num_proc: PositiveInt | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got val_fraction={val_fraction}")
         if group_by_length < 0:
             raise ValueError(f"group_by_length must be >= 0 (0 turns it off), got group_by_length={group_by_length}")
-        self.save_hyperparameters()
-        # the settings this class reads; a subclass's own hyperparameters may differ (see ControlledTaskDataModule)
-        self.settings = AttributeDict(
-            path=path, tokenizer=tokenizer, row_format=row_format, split=split, val_path=val_path,
-            val_split=val_split, val_fraction=val_fraction, batch_size=batch_size, eval_batch_size=eval_batch_size,
-            num_workers=num_workers, seed=seed, trust_remote_code=trust_remote_code, group_by_length=group_by_length,
-        )
+        if (path is None) == (source is None):
+            raise ValueError("give the data as path (a file, directory or dataset name) or as source, not both")
+        built_by_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=[] if built_by_cli or source is None else ["source"])
+        loading = dict(row_format=row_format, columns=columns, skip_bad_lines=skip_bad_lines)
+        hub = dict(name=name, data_dir=data_dir, data_files=data_files, revision=revision)
+        self.source = source or DataSource(path, split, **hub, **loading)
+        self.val_source = self.source.validation()
+        if val_path is not None:
+            self.val_source = DataSource(val_path, val_split, **(hub if val_path == path else {}), **loading)
         self.lengths = LengthSettings(max_length, max_prompt_length, truncation_mode)
-        self.report: dict[str, dict[str, Counter]] = {}
+        self.report: dict[str, Report] = {}
+        self._labels: dict[str, str] = {}
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.train_order: TrainOrder | None = None
@@ -136,9 +127,21 @@ class PreferenceDataModule(L.LightningDataModule):
 
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        return AutoTokenizer.from_pretrained(
-            self.settings.tokenizer, trust_remote_code=self.settings.trust_remote_code
-        )
+        """The tokenizer (``tokenizer``, else the source's), with ``chat_template`` when one is given."""
+        path = self.hparams.tokenizer or self.source.tokenizer
+        if path is None:
+            raise ValueError("no tokenizer: set the data module's tokenizer (a path or a name)")
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.hparams.trust_remote_code)
+        if self.hparams.chat_template is not None:
+            tokenizer.chat_template = resolve_chat_template(self.hparams.chat_template)
+        return tokenizer
+
+    @property
+    def heldout_prompts_path(self) -> Path:
+        """Prompts for evaluation by sampling, from a source that has them (the controlled task's)."""
+        if not hasattr(self.source, "heldout_prompts_path"):
+            raise AttributeError(f"the data source {self.source!r} has no held-out prompts; give prompts_path")
+        return self.source.heldout_prompts_path
 
     @property
     def pad_token_id(self) -> int:
@@ -147,7 +150,8 @@ class PreferenceDataModule(L.LightningDataModule):
         return self.tokenizer.eos_token_id if pad is None else pad
 
     def prepare_data(self) -> None:
-        """Tokenise once per node; ``datasets`` caches the result for ``setup``."""
+        """Build or download the source, then tokenise, once per node; ``datasets`` caches the result for ``setup``."""
+        self.source.prepare()
         self._tokenised_splits()
 
     def setup(self, stage: str | None = None) -> None:
@@ -155,23 +159,23 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         self.train_set, self.val_set = self._tokenised_splits()
         for name, counts in self.report.items():
-            rank_zero_info(describe_report(name, counts))
+            rank_zero_info(describe_report(name, counts, self._labels.get(name)))
 
     def train_dataloader(self) -> DataLoader:
         replicas = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         grouping = {}
-        if self.settings.group_by_length:
-            grouping = dict(lengths=pair_lengths(self.train_set), batch_size=self.settings.batch_size,
-                            window=self.settings.group_by_length)
-        self.train_order = TrainOrder(self.train_set, seed=self.settings.seed, **replicas, **grouping)
+        if self.hparams.group_by_length:
+            grouping = dict(lengths=pair_lengths(self.train_set), batch_size=self.hparams.batch_size,
+                            window=self.hparams.group_by_length)
+        self.train_order = TrainOrder(self.train_set, seed=self.hparams.seed, **replicas, **grouping)
         if self._order_state is not None:
             self.train_order.load_state_dict(self._order_state)
-        return self._loader(self.train_set, self.settings.batch_size, sampler=self.train_order)
+        return self._loader(self.train_set, self.hparams.batch_size, sampler=self.train_order)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.settings.eval_batch_size or self.settings.batch_size)
+        return self._loader(self.val_set, self.hparams.eval_batch_size or self.hparams.batch_size)
 
     def _loader(self, split: Dataset, batch_size: int, sampler: TrainOrder | None = None) -> DataLoader:
         return DataLoader(
@@ -179,13 +183,13 @@ class PreferenceDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             collate_fn=PairCollator(self.pad_token_id),
-            num_workers=self.settings.num_workers,
+            num_workers=self.hparams.num_workers,
         )
 
     def predict_dataloader(self) -> list[DataLoader]:
         """Every training and validation pair, unshuffled (used to fill the offline reference store)."""
         splits = [split for split in (self.train_set, self.val_set) if split is not None]
-        return [self._loader(split, self.settings.eval_batch_size or self.settings.batch_size) for split in splits]
+        return [self._loader(split, self.hparams.eval_batch_size or self.hparams.batch_size) for split in splits]
 
     def on_before_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """Count each batch the training loop takes (not the ones its fetcher reads ahead) in the training order."""
@@ -203,38 +207,44 @@ class PreferenceDataModule(L.LightningDataModule):
             self.train_order.load_state_dict(self._order_state)
 
     def _tokenised_splits(self) -> tuple[Dataset, Dataset | None]:
-        hp = self.settings
-        train = self._tokenise("train", load_rows(hp.path, hp.split), hp.path)
-        if hp.val_path is not None:
-            return train, self._tokenise("validation", load_rows(hp.val_path, hp.val_split), hp.val_path)
-        if hp.val_fraction == 0:
-            return train, None
-        try:  # datasets refuses a split that would leave either side empty
-            parts = train.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
-        except ValueError as error:
-            raise ValueError(
-                f"val_fraction={hp.val_fraction} of {len(train)} usable pairs leaves an empty split; "
-                "change val_fraction or give val_path"
-            ) from error
-        return parts["train"], parts["test"]
+        hp, parts = self.hparams, self.source.parts()
+        train_parts, val_parts = [], []
+        for index, part in enumerate(parts):
+            pairs = self._tokenise("train" if len(parts) == 1 else f"train[{index}]", part)
+            if self.val_source is not None or hp.val_fraction == 0:
+                train_parts.append(pairs)
+                continue
+            try:  # datasets refuses a split that would leave either side empty
+                split = pairs.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+            except ValueError as error:
+                raise ValueError(
+                    f"val_fraction={hp.val_fraction} of {len(pairs)} usable pairs of {part!r} leaves an empty "
+                    "split; change val_fraction or give val_path"
+                ) from error
+            train_parts.append(split["train"])
+            val_parts.append(split["test"])
+        train = self.source.mix(train_parts)
+        if self.val_source is not None:
+            return train, self._tokenise("validation", self.val_source)
+        return train, (concatenate_datasets(val_parts) if val_parts else None)
 
-    def _tokenise(self, name: str, rows: Dataset, path: str) -> Dataset:
+    def _tokenise(self, name: str, source: DataSource) -> Dataset:
+        rows, bad_lines = source.load()
         if len(rows) == 0:
-            raise ValueError(f"the {name} data at {path!r} has no rows")
+            raise ValueError(f"the {name} data at {source!r} has no rows")
         tokenised = rows.map(
-            PairTokenizer(self.tokenizer, self.settings.row_format, self.lengths),
+            PairTokenizer(self.tokenizer, source.row_format, self.lengths, self.hparams.system_prompt),
             batched=True,
             remove_columns=rows.column_names,
+            num_proc=self.hparams.num_proc,
             desc=f"Tokenising {name} pairs",
         )
-        self.report[name] = {
-            "rows": Counter({"total": len(tokenised)}),
-            "skipped": Counter(s for s in tokenised["status"] if s != OK),
-            "notes": Counter(note for notes in tokenised["notes"] for note in notes),
-        }
-        kept = tokenised.filter(lambda status: status == OK, input_columns="status").select_columns(PAIR_COLUMNS)
+        self.report[name], self._labels[name] = tally(tokenised, bad_lines), repr(source)
+        kept = tokenised.filter(lambda status: status == OK, input_columns="status", num_proc=self.hparams.num_proc)
+        kept = kept.select_columns(PAIR_COLUMNS)
         if len(kept) == 0:
-            raise ValueError(f"no usable pairs in the {name} data: {describe_report(name, self.report[name])}")
+            description = describe_report(name, self.report[name], repr(source))
+            raise ValueError(f"no usable pairs in the {name} data: {description}")
         return kept
 
 
@@ -243,16 +253,3 @@ def pair_lengths(pairs: Dataset) -> list[int]:
     table = pairs.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).with_format("arrow")[:]
     prompt, chosen, rejected = (pc.list_value_length(table[name]) for name in table.column_names)
     return pc.add(prompt, pc.max_element_wise(chosen, rejected)).to_pylist()
-
-
-def describe_report(name: str, report: dict[str, Counter]) -> str:
-    """One line: how many rows were kept, why the others were skipped, and what was done to kept rows."""
-    total, skipped = report["rows"]["total"], sum(report["skipped"].values())
-
-    def listing(counts: Counter) -> str:
-        return ", ".join(f"{reason}={count}" for reason, count in counts.most_common()) or "none"
-
-    return (
-        f"{name}: kept {total - skipped} of {total} pairs; skipped: {listing(report['skipped'])}; "
-        f"notes on kept pairs: {listing(report['notes'])}"
-    )

@@ -1,9 +1,9 @@
-"""Tokenisation of preference pairs: prompt ids, response ids (EOS appended), truncation, an example key.
+"""Tokenisation of preference pairs: prompt ids, response ids (one end of turn), truncation, an example key.
 
 Responses are cut from the tokenisation of ``prompt + response`` so that tokens merging across the boundary
 are the model's own; when the tokenised prompt is not a prefix of the tokenised whole (a chat template or a
 merge across the boundary), the response is tokenised on its own and the row is counted as
-``prompt_not_prefix``.
+``prompt_not_prefix``. Implicit-prompt rows are cut where the two full texts' tokenisations stop agreeing.
 """
 
 from __future__ import annotations
@@ -14,13 +14,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lit_align.data.formats import BadRow, RowFormat, detect_format, split_row
+from lit_align.data.chat import ChatRenderer, close_text
+from lit_align.data.layouts import (
+    BadRow,
+    Layout,
+    check_texts,
+    detect_layout,
+    split_conversation,
+    split_text,
+    text_field,
+)
 
 TruncationMode = Literal["keep_end", "keep_start", "drop"]
 """What happens to an over-long pair: ``keep_end`` keeps the end of the prompt and the start of the
 responses; ``keep_start`` keeps the start of both; ``drop`` skips the pair (counted)."""
 
 OK = "ok"
+Pair = tuple[list[int], list[int], list[int]]
+COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "example_key", "status", "notes", "layout")
 
 
 @dataclass(frozen=True)
@@ -49,61 +60,83 @@ def example_key(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list
 
 
 class PairTokenizer:
-    """A batched ``datasets.map`` function: raw rows -> tokenised pairs plus a ``status`` and ``notes``.
+    """A batched ``datasets.map`` function: raw rows -> tokenised pairs plus ``status``, ``notes`` and ``layout``.
 
     Rows are never dropped here: a bad row gets its skip reason in ``status`` and is counted and filtered
     by the data module, so nothing disappears unreported. ``notes`` lists what was done to a kept row
-    (``prompt_truncated``, ``response_truncated``, ``prompt_not_prefix``).
+    (``prompt_truncated``, ``response_truncated``, ``prompt_not_prefix``); ``layout`` is what the row was read as.
+
+    Args:
+        tokenizer: a transformers tokenizer (its chat template renders conversational rows).
+        row_format: the rows' layout, or ``auto`` to detect it row by row.
+        lengths: length limits and what happens beyond them.
+        system_prompt: a system message for conversations that have none.
     """
 
-    def __init__(self, tokenizer, row_format: RowFormat, lengths: LengthSettings) -> None:
+    def __init__(
+        self, tokenizer, row_format: Layout, lengths: LengthSettings, system_prompt: str | None = None
+    ) -> None:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token before training")
         self.tokenizer = tokenizer
         self.row_format = row_format
         self.lengths = lengths
+        self.chat = ChatRenderer(tokenizer, system_prompt)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        columns: dict[str, list[Any]] = {
-            k: [] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "example_key", "status", "notes")
-        }
-        for row in rows:
+        columns: dict[str, list[Any]] = {key: [] for key in COLUMNS}
+        for values in zip(*batch.values(), strict=True):
+            row = dict(zip(batch, values, strict=True))
+            layout = detect_layout(row) if self.row_format == "auto" else self.row_format
             try:
-                pair, notes = self._truncate(*self.tokenize_row(row))
+                pair, notes = self._truncate(*self.tokenize_row(row, layout))
                 status = OK
             except BadRow as bad:
                 pair, notes, status = ([], [], []), [], bad.reason
-            prompt_ids, chosen_ids, rejected_ids = pair
-            columns["prompt_ids"].append(prompt_ids)
-            columns["chosen_ids"].append(chosen_ids)
-            columns["rejected_ids"].append(rejected_ids)
-            columns["example_key"].append(example_key(*pair) if status == OK else 0)
-            columns["status"].append(status)
-            columns["notes"].append(notes)
+            values = (*pair, example_key(*pair) if status == OK else 0, status, notes, layout)
+            for key, value in zip(COLUMNS, values, strict=True):
+                columns[key].append(value)
         return columns
 
-    def tokenize_row(self, row: dict[str, Any]) -> tuple[tuple[list[int], list[int], list[int]], list[str]]:
+    def tokenize_row(self, row: dict[str, Any], layout: Layout | None = None) -> tuple[Pair, list[str]]:
         """The pair's ``(prompt_ids, chosen_ids, rejected_ids)`` before truncation, and notes."""
-        row_format = detect_format(row) if self.row_format == "auto" else self.row_format
-        prompt, chosen, rejected = split_row(row, row_format, self._chat_template)
-        special = row_format != "conversational"
+        layout = layout or detect_layout(row)
+        if layout == "implicit":
+            return self._implicit(row), []
+        if layout == "conversational":
+            texts = self.chat.render(*split_conversation(row))
+            return self._ids(*texts, special=False, close=self.chat.close)
+        return self._ids(*split_text(row, layout), special=True, close=self._close_text)
+
+    def _ids(self, prompt: str, chosen: str, rejected: str, special: bool, close) -> tuple[Pair, list[str]]:
         prompt_ids = self.tokenizer(prompt, add_special_tokens=special)["input_ids"]
         responses = [self._response_ids(prompt, prompt_ids, text, special) for text in (chosen, rejected)]
         notes = [] if all(prefix for _, prefix in responses) else ["prompt_not_prefix"]
-        return (prompt_ids, responses[0][0], responses[1][0]), notes
+        return (prompt_ids, close(responses[0][0]), close(responses[1][0])), notes
 
     def _response_ids(self, prompt: str, prompt_ids: list[int], response: str, special: bool):
         full_ids = self.tokenizer(prompt + response, add_special_tokens=special)["input_ids"]
-        is_prefix = full_ids[: len(prompt_ids)] == prompt_ids
-        ids = full_ids[len(prompt_ids) :] if is_prefix else self.tokenizer(response, add_special_tokens=False)[
-            "input_ids"
-        ]
-        if not ids or ids[-1] != self.tokenizer.eos_token_id:
-            ids = ids + [self.tokenizer.eos_token_id]
-        return ids, is_prefix
+        if full_ids[: len(prompt_ids)] == prompt_ids:
+            return full_ids[len(prompt_ids) :], True
+        return self.tokenizer(response, add_special_tokens=False)["input_ids"], False
 
-    def _truncate(self, pair: tuple[list[int], list[int], list[int]], notes: list[str]):
+    def _implicit(self, row: dict[str, Any]) -> Pair:
+        """Chosen and rejected full texts: the prompt is the longest run of tokens both tokenisations share."""
+        chosen, rejected = text_field(row, "chosen"), text_field(row, "rejected")
+        if chosen == rejected:
+            raise BadRow("chosen_equals_rejected")
+        chosen_ids, rejected_ids = self.tokenizer([chosen, rejected], add_special_tokens=True)["input_ids"]
+        shared = 0
+        while shared < min(len(chosen_ids), len(rejected_ids)) and chosen_ids[shared] == rejected_ids[shared]:
+            shared += 1
+        parts = (chosen_ids[:shared], chosen_ids[shared:], rejected_ids[shared:])
+        check_texts(*(self.tokenizer.decode(ids, skip_special_tokens=True) for ids in parts))
+        return parts[0], self._close_text(parts[1]), self._close_text(parts[2])
+
+    def _close_text(self, ids: list[int]) -> list[int]:
+        return close_text(ids, self.tokenizer.eos_token_id)
+
+    def _truncate(self, pair: Pair, notes: list[str]) -> tuple[Pair, list[str]]:
         prompt_ids, chosen_ids, rejected_ids = pair
         mode, lengths = self.lengths.truncation_mode, self.lengths
         if len(prompt_ids) > lengths.max_prompt_length:
@@ -121,14 +154,3 @@ class PairTokenizer:
             if chosen_ids == rejected_ids:
                 raise BadRow("identical_after_truncation")
         return (prompt_ids, chosen_ids, rejected_ids), notes
-
-    def _chat_template(self, messages, add_generation_prompt: bool) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(
-                "conversational rows need a tokenizer with a chat template and "
-                f"{self.tokenizer.name_or_path!r} has none; set tokenizer.chat_template and save_pretrained "
-                "the tokenizer, or convert the data to prompt/chosen/rejected strings"
-            )
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )

@@ -1,19 +1,31 @@
-"""``ControlledTaskDataModule``: the built-in controlled-generation task as a preference data module."""
+"""The built-in controlled-generation task as a source of preference pairs (:class:`ControlledTask`)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from jsonargparse.typing import PositiveInt
 
 from lit_align.data.datamodule import PreferenceDataModule
+from lit_align.data.sources import DataSource, PairSource
 from lit_align.data.tokenize import TruncationMode
 from lit_align.tasks.pipeline import ControlledTaskSettings, TaskArtifacts, build_controlled_task
 
 
-class ControlledTaskDataModule(PreferenceDataModule):
-    """Builds the task (corpus, tokenizer, SFT reference, oracle-labelled pairs; cached) in ``prepare_data``,
-    then serves its train and val pairs like :class:`~lit_align.data.PreferenceDataModule`.
+class ControlledTask(PairSource):
+    """Builds the task (corpus, tokenizer, SFT reference, oracle-labelled pairs; cached) in ``prepare``, then
+    serves its train and val pairs and its tokenizer to :class:`~lit_align.data.PreferenceDataModule`::
+
+        data:
+          class_path: lit_align.data.PreferenceDataModule
+          init_args:
+            source:
+              class_path: lit_align.tasks.ControlledTask
+              init_args: {workdir: .cache/quickstart}
+            max_length: 128
+            max_prompt_length: 32
+            batch_size: 32
 
     The work directory's layout is fixed (:class:`~lit_align.tasks.pipeline.TaskArtifacts`), so the policy can
     be configured with ``path: <workdir>/sft`` before the task is built: the module loads its policy in
@@ -22,45 +34,60 @@ class ControlledTaskDataModule(PreferenceDataModule):
     Args:
         workdir: where the task's stages are built and cached.
         task: the task's settings (corpus size, model shape, SFT steps, sampling).
-        max_length, max_prompt_length, truncation_mode, batch_size, eval_batch_size, num_workers: as for
-            :class:`~lit_align.data.PreferenceDataModule`.
         progress: show progress bars while building the task.
     """
 
     def __init__(
-        self,
-        workdir: str = "runs/controlled_task",
-        task: ControlledTaskSettings | None = None,
-        max_length: PositiveInt = 128,
-        max_prompt_length: PositiveInt = 32,
-        truncation_mode: TruncationMode = "keep_end",
-        batch_size: PositiveInt = 32,
-        eval_batch_size: PositiveInt | None = None,
-        num_workers: int = 0,
-        progress: bool = True,
+        self, workdir: str = "runs/controlled_task", task: ControlledTaskSettings | None = None, progress: bool = True
     ) -> None:
         self.artifacts = TaskArtifacts(Path(workdir))
-        super().__init__(
-            path=str(self.artifacts.train_pairs_path),
-            tokenizer=str(self.artifacts.sft_dir),
-            row_format="explicit",
-            val_path=str(self.artifacts.val_pairs_path),
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
-            truncation_mode=truncation_mode,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-        )
         self.task = task or ControlledTaskSettings()
         self.progress = progress
+        self.tokenizer = str(self.artifacts.sft_dir)
+
+    def __repr__(self) -> str:
+        return f"ControlledTask({str(self.artifacts.workdir)!r})"
 
     @property
     def heldout_prompts_path(self) -> Path:
         """Prompts seen neither in SFT nor in the pairs, for the end-of-training report."""
         return self.artifacts.heldout_prompts_path
 
-    def prepare_data(self) -> None:
-        """Build (or reuse) the task's stages, then tokenise the pairs."""
+    def prepare(self) -> None:
+        """Build (or reuse) the task's stages."""
         build_controlled_task(self.artifacts.workdir, self.task, self.progress)
-        super().prepare_data()
+
+    def parts(self) -> list[DataSource]:
+        return [DataSource(str(self.artifacts.train_pairs_path), row_format="explicit")]
+
+    def validation(self) -> DataSource:
+        return DataSource(str(self.artifacts.val_pairs_path), row_format="explicit")
+
+
+def ControlledTaskDataModule(  # noqa: N802 - the deprecated class name, kept importable
+    workdir: str = "runs/controlled_task",
+    task: ControlledTaskSettings | None = None,
+    max_length: PositiveInt = 128,
+    max_prompt_length: PositiveInt = 32,
+    truncation_mode: TruncationMode = "keep_end",
+    batch_size: PositiveInt = 32,
+    eval_batch_size: PositiveInt | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> PreferenceDataModule:
+    """Deprecated: ``PreferenceDataModule(source=ControlledTask(workdir, task, progress), ...)`` with the task's
+    length defaults, as this class used to be."""
+    warnings.warn(
+        "ControlledTaskDataModule is deprecated; use PreferenceDataModule(source=ControlledTask(...))",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return PreferenceDataModule(
+        source=ControlledTask(workdir, task, progress),
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        truncation_mode=truncation_mode,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        num_workers=num_workers,
+    )
