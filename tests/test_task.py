@@ -15,7 +15,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from lit_align.data import PreferenceDataModule
 from lit_align.tasks import (
+    ControlledTask,
     ControlledTaskDataModule,
     ControlledTaskSettings,
     OracleRewardReport,
@@ -321,14 +323,25 @@ def test_settings_are_validated():
 
 
 def test_data_module_serves_the_task_pairs(task):
-    dm = ControlledTaskDataModule(workdir=str(task.workdir), task=TINY, batch_size=4, progress=False)
+    source = ControlledTask(workdir=str(task.workdir), task=TINY, progress=False)
+    dm = PreferenceDataModule(source=source, max_length=128, max_prompt_length=32, batch_size=4)
     dm.prepare_data()
     dm.setup("fit")
+    assert dm.tokenizer.name_or_path == str(task.sft_dir)  # the task's own tokenizer
     assert dm.heldout_prompts_path == task.heldout_prompts_path
     assert len(dm.train_set) == len(read_jsonl(task.train_pairs_path))
+    assert len(dm.val_set) == len(read_jsonl(task.val_pairs_path))
     assert sum(dm.report["train"]["notes"].values()) == 0  # no prompt_not_prefix, nothing truncated
+    assert dict(dm.report["train"]["layouts"]) == {"explicit": len(dm.train_set)}
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 8 and batch["response_mask"].any(-1).all()
+    assert "source" not in dm.hparams and "settings" not in vars(dm)  # a Python object: kept out of checkpoints
+
+    with pytest.deprecated_call():  # the old class name still builds the same data module
+        old = ControlledTaskDataModule(workdir=str(task.workdir), task=TINY, batch_size=4, progress=False)
+    old.prepare_data()
+    old.setup("fit")
+    assert list(old.train_set["example_key"]) == list(dm.train_set["example_key"])
 
 
 class _SameModelTwice:
