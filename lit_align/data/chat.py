@@ -112,4 +112,4 @@ def close_text(ids: list[int], eos: int) -> list[int]:
 
 def _short(error: Exception) -> str:
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return message[:60]
+    return message[:80]

@@ -118,6 +118,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if val_path is not None:
             self.val_source = DataSource(val_path, val_split, **(hub if val_path == path else {}), **loading)
         self.lengths = LengthSettings(max_length, max_prompt_length, truncation_mode)
+        self.chat_template = resolve_chat_template(chat_template)
         self.report: dict[str, Report] = {}
         self._labels: dict[str, str] = {}
         self.train_set: Dataset | None = None
@@ -132,8 +133,8 @@ class PreferenceDataModule(L.LightningDataModule):
         if path is None:
             raise ValueError("no tokenizer: set the data module's tokenizer (a path or a name)")
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.hparams.trust_remote_code)
-        if self.hparams.chat_template is not None:
-            tokenizer.chat_template = resolve_chat_template(self.hparams.chat_template)
+        if self.chat_template is not None:
+            tokenizer.chat_template = self.chat_template
         return tokenizer
 
     @property
