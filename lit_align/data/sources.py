@@ -196,10 +196,10 @@ def _split_names(instructions: ReadInstruction) -> list[str]:
 
 def reason(error: BaseException) -> str:
     """The innermost cause as ``Type: message`` (datasets hides e.g. a UnicodeDecodeError behind its own)."""
-    while error.__cause__ is not None:
+    while error.__cause__ is not None and not isinstance(error, BadLine):
         error = error.__cause__
+    if isinstance(error, BadLine):  # already names the file and the line
+        return str(error)
     if "corresponds to no data" in str(error):  # how datasets says that a file parsed to zero rows
         return "the file holds no rows"
-    if isinstance(error, BadLine):
-        return str(error)
     return f"{type(error).__name__}: {error}"
