@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -59,6 +59,13 @@ def example_key(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list
     return int.from_bytes(digest.digest(), "little", signed=True)
 
 
+class _Texts(NamedTuple):
+    layout: Layout
+    texts: tuple[str, ...]
+    special: bool
+    responses: tuple[str, str] = ("", "")
+
+
 class PairTokenizer:
     """A batched ``datasets.map`` function: raw rows -> tokenised pairs plus ``status``, ``notes`` and ``layout``.
 
@@ -84,12 +91,15 @@ class PairTokenizer:
         self.chat = ChatRenderer(tokenizer, system_prompt)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        layouts = [detect_layout(row) if self.row_format == "auto" else self.row_format for row in rows]
+        plans = [self._texts(row, layout) for row, layout in zip(rows, layouts, strict=True)]
         columns: dict[str, list[Any]] = {key: [] for key in COLUMNS}
-        for values in zip(*batch.values(), strict=True):
-            row = dict(zip(batch, values, strict=True))
-            layout = detect_layout(row) if self.row_format == "auto" else self.row_format
+        for plan, ids, layout in zip(plans, self._encode(plans), layouts, strict=True):
             try:
-                pair, notes = self._truncate(*self.tokenize_row(row, layout))
+                if isinstance(plan, BadRow):
+                    raise plan
+                pair, notes = self._truncate(*self._pair(plan, ids))
                 status = OK
             except BadRow as bad:
                 pair, notes, status = ([], [], []), [], bad.reason
@@ -98,34 +108,51 @@ class PairTokenizer:
                 columns[key].append(value)
         return columns
 
-    def tokenize_row(self, row: dict[str, Any], layout: Layout | None = None) -> tuple[Pair, list[str]]:
-        """The pair's ``(prompt_ids, chosen_ids, rejected_ids)`` before truncation, and notes."""
-        layout = layout or detect_layout(row)
-        if layout == "implicit":
-            return self._implicit(row), []
-        if layout == "conversational":
-            texts = self.chat.render(*split_conversation(row))
-            return self._ids(*texts, special=False, close=self.chat.close)
-        return self._ids(*split_text(row, layout), special=True, close=self._close_text)
+    def _texts(self, row: dict[str, Any], layout: Layout) -> _Texts | BadRow:
+        """What to tokenise for a row: the prompt and prompt + each response (implicit rows: the two full
+        texts), or why the row is skipped."""
+        try:
+            if layout == "implicit":
+                chosen, rejected = text_field(row, "chosen"), text_field(row, "rejected")
+                if chosen == rejected:
+                    raise BadRow("chosen_equals_rejected")
+                return _Texts(layout, (chosen, rejected), True)
+            if layout == "conversational":
+                prompt, chosen, rejected = self.chat.render(*split_conversation(row))
+            else:
+                prompt, chosen, rejected = split_text(row, layout)
+        except BadRow as bad:
+            return bad
+        special = layout != "conversational"  # a chat template writes its own special tokens
+        return _Texts(layout, (prompt, prompt + chosen, prompt + rejected), special, (chosen, rejected))
 
-    def _ids(self, prompt: str, chosen: str, rejected: str, special: bool, close) -> tuple[Pair, list[str]]:
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=special)["input_ids"]
-        responses = [self._response_ids(prompt, prompt_ids, text, special) for text in (chosen, rejected)]
+    def _encode(self, plans: list[_Texts | BadRow]) -> list[list[list[int]]]:
+        """Every text of every row, in one tokenizer call per ``add_special_tokens`` setting."""
+        encoded: list[list[list[int]]] = [[] for _ in plans]
+        for special in (True, False):
+            owners = [i for i, plan in enumerate(plans) if isinstance(plan, _Texts) and plan.special == special]
+            texts = [text for i in owners for text in plans[i].texts]
+            ids = iter(self.tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else [])
+            for i in owners:
+                encoded[i] = [next(ids) for _ in plans[i].texts]
+        return encoded
+
+    def _pair(self, plan: _Texts, ids: list[list[int]]) -> tuple[Pair, list[str]]:
+        """The pair's ``(prompt_ids, chosen_ids, rejected_ids)`` before truncation, and notes."""
+        if plan.layout == "implicit":
+            return self._implicit(*ids), []
+        close = self.chat.close if plan.layout == "conversational" else self._close_text
+        prompt_ids, responses = ids[0], []
+        for full_ids, response in zip(ids[1:], plan.responses, strict=True):
+            if full_ids[: len(prompt_ids)] == prompt_ids:
+                responses.append((full_ids[len(prompt_ids) :], True))
+            else:  # a merge across the boundary: the response is tokenised on its own
+                responses.append((self.tokenizer(response, add_special_tokens=False)["input_ids"], False))
         notes = [] if all(prefix for _, prefix in responses) else ["prompt_not_prefix"]
         return (prompt_ids, close(responses[0][0]), close(responses[1][0])), notes
 
-    def _response_ids(self, prompt: str, prompt_ids: list[int], response: str, special: bool):
-        full_ids = self.tokenizer(prompt + response, add_special_tokens=special)["input_ids"]
-        if full_ids[: len(prompt_ids)] == prompt_ids:
-            return full_ids[len(prompt_ids) :], True
-        return self.tokenizer(response, add_special_tokens=False)["input_ids"], False
-
-    def _implicit(self, row: dict[str, Any]) -> Pair:
+    def _implicit(self, chosen_ids: list[int], rejected_ids: list[int]) -> Pair:
         """Chosen and rejected full texts: the prompt is the longest run of tokens both tokenisations share."""
-        chosen, rejected = text_field(row, "chosen"), text_field(row, "rejected")
-        if chosen == rejected:
-            raise BadRow("chosen_equals_rejected")
-        chosen_ids, rejected_ids = self.tokenizer([chosen, rejected], add_special_tokens=True)["input_ids"]
         shared = 0
         while shared < min(len(chosen_ids), len(rejected_ids)) and chosen_ids[shared] == rejected_ids[shared]:
             shared += 1
