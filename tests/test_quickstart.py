@@ -12,10 +12,11 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 def test_quickstart_config_runs_and_reports(tmp_path):
     workdir = tmp_path / "task"
     overrides = [
-        f"--data.workdir={workdir}", f"--model.policy.path={workdir}/sft",
+        f"--data.source.workdir={workdir}", f"--model.policy.path={workdir}/sft",
         f"--trainer.default_root_dir={tmp_path}/runs", "--trainer.max_epochs=1",
-        "--data.task.n_reviews=1500", "--data.task.n_train_prompts=200", "--data.task.n_val_prompts=40",
-        "--data.task.n_heldout_prompts=32", "--data.task.sft.max_steps=40",
+        "--data.source.task.n_reviews=1500", "--data.source.task.n_train_prompts=200",
+        "--data.source.task.n_val_prompts=40", "--data.source.task.n_heldout_prompts=32",
+        "--data.source.task.sft.max_steps=40",
     ]
     command = ["lit-align", "fit", "--config", str(CONFIG), *overrides]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
