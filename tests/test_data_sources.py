@@ -241,3 +241,35 @@ def test_a_malformed_json_document_names_its_line(tmp_path, tokenizer_dir):
     path.write_bytes(b'[\n{"prompt": "Q?", "chosen": " a", "rejected": " b"},\n{"prompt": }\n]')
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: line 3 is not valid JSON"):
         data_module(path, tokenizer_dir, skip_bad_lines=True)
+
+
+def test_the_mixture_yaml_of_the_docs_parses_and_loads(tmp_path, tokenizer_dir):
+    """The YAML shape of docs/data.md (a list of sources without class_path), read as LightningCLI reads it."""
+    from jsonargparse import ArgumentParser
+
+    plain, other = mixture_sources(tmp_path)
+    config = f"""
+data:
+  class_path: lit_align.data.PreferenceDataModule
+  init_args:
+    tokenizer: {tokenizer_dir}
+    val_fraction: 0
+    source:
+      class_path: lit_align.data.Mixture
+      init_args:
+        seed: 0
+        sources:
+          - path: {plain.path}
+            row_format: explicit
+            split: train[:50%]
+            weight: 3
+          - path: {other.path}
+            columns: {{prompt: q, chosen: good, rejected: bad}}
+            skip_bad_lines: true
+"""
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(PreferenceDataModule, "data")
+    dm = parser.instantiate(parser.parse_string(config)).data
+    assert isinstance(dm.source, Mixture) and [s.weight for s in dm.source.sources] == [3.0, 1.0]
+    dm.setup("fit")
+    assert dm.report["train[0]"]["rows"]["total"] == 20 and dm.report["train[1]"]["rows"]["total"] == 40
