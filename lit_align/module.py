@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.strategies import FSDPStrategy
@@ -31,6 +32,7 @@ from lit_align.reference.store import feature_columns
 from lit_align.sae.hooks import ResidualCapture
 from lit_align.sharding import shard_causal_lm, wrap_frozen_fsdp1
 from lit_align.token_kl import sequence_logps_and_kl
+from lit_align.validation import check_vocabulary, require_counts
 
 
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -65,9 +67,10 @@ class AlignmentModule(L.LightningModule):
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         disable_dropout: bool = True,
-        logits_chunk_size: int = 4096,
+        logits_chunk_size: PositiveInt = 4096,
     ) -> None:
         super().__init__()
+        require_counts(**{"model.logits_chunk_size": logits_chunk_size})
         self.save_hyperparameters(ignore=_python_objects(objective=objective, policy=policy, reference=reference,
                                                          optimizer=optimizer, lr_scheduler=lr_scheduler))
         self.objective = objective
@@ -92,6 +95,9 @@ class AlignmentModule(L.LightningModule):
         if self.policy is not None:
             return
         self.policy = build_policy(self.policy_spec).train()
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if getattr(datamodule, "tokenizer", None) is not None:
+            check_vocabulary(datamodule.tokenizer, self.policy.get_input_embeddings().num_embeddings)
         if self.disable_dropout:
             for layer in self.policy.modules():
                 if isinstance(layer, nn.Dropout):
@@ -99,7 +105,6 @@ class AlignmentModule(L.LightningModule):
         if self.feature_source is not None:
             self.feature_source.bind(self.policy)
         if self.reference is not None:
-            datamodule = self.trainer.datamodule if self._trainer is not None else None
             self.reference.attach(self.policy, datamodule)
             if self.feature_source is not None:
                 self.reference.attach_features(self.feature_source)

@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from lit_align.errors import ConfigError
 from lit_align.head import OutputHead, check_output_head, final_hidden, output_head
+from lit_align.paths import absolute_if_local, resolve_local_or_hub
 
 __all__ = ["DType", "LoraSettings", "PolicySpec", "build_policy", "final_hidden", "lm_head", "load_causal_lm"]
 
@@ -21,13 +24,20 @@ DType = Literal["float32", "bfloat16", "float16"]
 class LoraSettings:
     """A peft LoRA adapter on the policy; the reference is then the base with the adapter disabled."""
 
-    r: int = 8
+    r: PositiveInt = 8
     """Rank of the update."""
-    alpha: int = 16
+    alpha: PositiveInt = 16
     """Scaling numerator (the update is scaled by alpha / r)."""
-    dropout: float = 0.0
+    dropout: NonNegativeFloat = 0.0
     target_modules: list[str] | str = "all-linear"
     """Module names to adapt, or ``all-linear``."""
+
+    def __post_init__(self) -> None:
+        for name in ("r", "alpha"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"model.policy.lora.{name}", getattr(self, name), "an integer >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("model.policy.lora.dropout", self.dropout, "a probability in [0, 1)")
 
 
 @dataclass
@@ -35,7 +45,7 @@ class PolicySpec:
     """Where the policy comes from and how it is built."""
 
     path: str | None = None
-    """Local directory (or hub name) for ``from_pretrained``."""
+    """Local directory (or hub id) for ``from_pretrained``; a local one is recorded as an absolute path."""
     config: dict[str, Any] | None = None
     """A transformers config as a dict (with ``model_type``) to build a fresh model; used when ``path`` is unset."""
     dtype: DType = "float32"
@@ -51,7 +61,13 @@ class PolicySpec:
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.config is None):
-            raise ValueError("set exactly one of policy.path and policy.config")
+            given = "both are set" if self.path is not None else "neither is set"
+            raise ConfigError("model.policy.path", self.path, "set exactly one of model.policy.path (a local "
+                              f"directory or hub id) and model.policy.config (a transformers config dict); {given}")
+        if self.path is not None:
+            self.path = absolute_if_local(self.path)
+        elif "model_type" not in self.config:
+            raise ConfigError("model.policy.config", self.config, "a transformers config dict with a model_type")
 
 
 def build_policy(spec: PolicySpec) -> nn.Module:
@@ -72,12 +88,12 @@ def build_policy(spec: PolicySpec) -> nn.Module:
     return model
 
 
-def load_causal_lm(spec: PolicySpec) -> PreTrainedModel:
-    """The base causal LM of ``spec``, without adapter."""
+def load_causal_lm(spec: PolicySpec, key: str = "model.policy.path") -> PreTrainedModel:
+    """The base causal LM of ``spec``, without adapter; ``key`` names ``spec.path`` in errors."""
     dtype = getattr(torch, spec.dtype)
     if spec.path is not None:
         return AutoModelForCausalLM.from_pretrained(
-            spec.path, dtype=dtype, trust_remote_code=spec.trust_remote_code, **spec.extra
+            resolve_local_or_hub(key, spec.path), dtype=dtype, trust_remote_code=spec.trust_remote_code, **spec.extra
         )
     config = dict(spec.config)
     config_class = AutoConfig.for_model(config.pop("model_type"), **config)

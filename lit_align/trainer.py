@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lit_align.callbacks import NonFiniteGuard, PrecomputeJournal, RemainingPairs
 from lit_align.checkpoint_io import SafeCheckpointIO
 from lit_align.reference.store import OfflineStore, write_store
+
+_NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
 class AlignmentTrainer(L.Trainer):
@@ -27,11 +32,37 @@ class AlignmentTrainer(L.Trainer):
         if not any(isinstance(callback, NonFiniteGuard) for callback in self.callbacks):
             self.callbacks.insert(0, NonFiniteGuard())
 
+    def fit(
+        self,
+        model: L.LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: L.LightningDataModule | None = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+    ) -> None:
+        """Runs the full optimization routine.
+
+        When the data module keeps its training order in checkpoints, as
+        :class:`~lit_align.data.PreferenceDataModule` does, a mid-epoch resume is exact; Lightning's warning that
+        the dataloader is not resumable (it looks at the DataLoader alone) does not apply and is not shown.
+
+        Args:
+            ckpt_path: the checkpoint to resume from (``"last"`` for the last one of this run's directory).
+            weights_only: read the checkpoint weights-only (the default; ``false`` unpickles anything).
+        """
+        with warnings.catch_warnings():
+            if hasattr(datamodule or train_dataloaders, "train_order"):
+                warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)
+            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+
     def precompute(
         self, model: L.LightningModule, datamodule: L.LightningDataModule, every_n_batches: PositiveInt = 16
     ) -> Path:
-        """Compute the reference log-probs (and, for an objective that reads them, the pooled SAE features) of
-        every train and validation pair in one pass (Lightning's predict loop) and write them to the model's
+        """Fill the offline reference store named by model.reference with every pair's reference log-probs.
+
+        The reference log-probs (and, for an objective that reads them, the pooled SAE features) of every train
+        and validation pair are computed in one pass (Lightning's predict loop) and written to the model's
         :class:`~lit_align.reference.OfflineStore`, fingerprinted.
 
         The store's ``source`` (default: a frozen copy of the initial policy, or the adapter-disabled base for
@@ -54,14 +85,19 @@ class AlignmentTrainer(L.Trainer):
         journal = PrecomputeJournal(store.path, every_n_batches)
         model.reference = store.source or default_reference(model.policy_spec)
         self.callbacks.append(journal)
+        loggers, self.loggers = self.loggers, []  # a precompute has no metrics: no lightning_logs/version_N
         try:
             self.predict(model, datamodule=RemainingPairs(datamodule, journal), return_predictions=False)
         finally:
             model.reference = store
             self.callbacks.remove(journal)
+            self.loggers = loggers
         self.strategy.barrier("precompute_journal_written")
         if self.is_global_zero:
-            write_store(store.path, journal.merged(), journal.fingerprint)
+            columns = journal.merged()
+            written = write_store(store.path, columns, journal.fingerprint)
             journal.remove()
+            pairs = columns["example_key"].unique().numel()
+            rank_zero_info(f"reference store written to {written.resolve()}: {pairs} pairs")
         self.strategy.barrier("precompute")
         return Path(store.path)

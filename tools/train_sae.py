@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if not args.data.removesuffix(".gz").endswith(".jsonl"):
+        parser.error(f"--data={args.data}: expected a .jsonl or .jsonl.gz file (one JSON object per line)")
+    for flag, value in (("--model", args.model), ("--tokenizer", args.tokenizer), ("--data", args.data)):
+        if value is not None and not Path(value).exists():
+            parser.error(f"{flag}={value}: no such file or directory (looked for {Path(value).absolute()})")
     return args
 
 

@@ -10,13 +10,17 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 
 class SaveAdapter(Callback):
     """At the end of ``fit``, write the policy's LoRA adapter (``adapter_config.json`` and
-    ``adapter_model.safetensors``, nothing of the base) with peft's ``save_pretrained``.
+    ``adapter_model.safetensors``, nothing of the base) with peft's ``save_pretrained``, and log where.
+
+    The adapter's ``base_model_name_or_path`` is the policy's path made absolute when it is local
+    (:class:`~lit_align.policy.PolicySpec`), so ``tools/merge_lora.py`` finds the base from any directory.
 
     Under a sharding strategy the adapter's weights are gathered first; the first process writes them.
 
@@ -39,6 +43,8 @@ class SaveAdapter(Callback):
         if trainer.is_global_zero:
             adapter = {name.removeprefix("policy."): value for name, value in state.items() if "lora_" in name}
             policy.save_pretrained(target, state_dict=adapter, safe_serialization=True)
+            base = policy.peft_config["default"].base_model_name_or_path
+            rank_zero_info(f"LoRA adapter written to {target.resolve()} (base model: {base})")
         trainer.strategy.barrier("SaveAdapter")
 
     def target(self, trainer: L.Trainer) -> Path:

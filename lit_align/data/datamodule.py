@@ -24,6 +24,9 @@ from lit_align.data.report import Report, describe_report, tally
 from lit_align.data.sampler import TrainOrder
 from lit_align.data.sources import DataSource, PairSource
 from lit_align.data.tokenize import OK, LengthSettings, PairTokenizer, TruncationMode
+from lit_align.errors import ConfigError
+from lit_align.paths import resolve_local_or_hub
+from lit_align.validation import HoldOutFraction, require_counts
 
 PAIR_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "example_key"]
 
@@ -81,13 +84,13 @@ class PreferenceDataModule(L.LightningDataModule):
         split: str = "train",
         val_path: str | None = None,
         val_split: str = "test",
-        val_fraction: float = 0.05,
-        max_length: int = 512,
-        max_prompt_length: int = 256,
+        val_fraction: HoldOutFraction = 0.05,
+        max_length: PositiveInt = 512,
+        max_prompt_length: PositiveInt = 256,
         truncation_mode: TruncationMode = "keep_end",
-        batch_size: int = 4,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        batch_size: PositiveInt = 4,
+        eval_batch_size: PositiveInt | None = None,
+        num_workers: NonNegativeInt = 0,
         seed: int = 0,
         trust_remote_code: bool = False,
         group_by_length: NonNegativeInt = 0,
@@ -103,8 +106,9 @@ class PreferenceDataModule(L.LightningDataModule):
         num_proc: PositiveInt | None = None,
     ) -> None:
         super().__init__()
+        require_counts(**{"data.batch_size": batch_size, "data.eval_batch_size": eval_batch_size})
         if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must lie in [0, 1), got val_fraction={val_fraction}")
+            raise ConfigError("data.val_fraction", val_fraction, "val_fraction must lie in [0, 1) (0 disables)")
         if group_by_length < 0:
             raise ValueError(f"group_by_length must be >= 0 (0 turns it off), got group_by_length={group_by_length}")
         if (path is None) == (source is None):
@@ -132,6 +136,7 @@ class PreferenceDataModule(L.LightningDataModule):
         path = self.hparams.tokenizer or self.source.tokenizer
         if path is None:
             raise ValueError("no tokenizer: set the data module's tokenizer (a path or a name)")
+        path = resolve_local_or_hub("data.tokenizer", path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.hparams.trust_remote_code)
         if self.chat_template is not None:
             tokenizer.chat_template = self.chat_template
@@ -161,6 +166,9 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_set, self.val_set = self._tokenised_splits()
         for name, counts in self.report.items():
             rank_zero_info(describe_report(name, counts, self._labels.get(name)))
+        if self.val_set is not None and self.val_source is None:
+            rank_zero_info(f"validation: held out {len(self.val_set)} pairs (val_fraction={self.hparams.val_fraction} "
+                           f"of the kept train pairs); training on {len(self.train_set)}")
 
     def train_dataloader(self) -> DataLoader:
         replicas = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
@@ -209,6 +217,9 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _tokenised_splits(self) -> tuple[Dataset, Dataset | None]:
         hp, parts = self.hparams, self.source.parts()
+        for key in ("path", "val_path"):  # a typo fails here, not after a round of hub retries
+            if hp.get(key) is not None:
+                resolve_local_or_hub(f"data.{key}", hp[key], "dataset")
         train_parts, val_parts = [], []
         for index, part in enumerate(parts):
             pairs = self._tokenise("train" if len(parts) == 1 else f"train[{index}]", part)

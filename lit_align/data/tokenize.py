@@ -24,6 +24,7 @@ from lit_align.data.layouts import (
     split_text,
     text_field,
 )
+from lit_align.errors import ConfigError
 
 TruncationMode = Literal["keep_end", "keep_start", "drop"]
 """What happens to an over-long pair: ``keep_end`` keeps the end of the prompt and the start of the
@@ -44,10 +45,8 @@ class LengthSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(
-                f"need 0 < max_prompt_length < max_length, got max_prompt_length={self.max_prompt_length}, "
-                f"max_length={self.max_length}"
-            )
+            raise ConfigError("data.max_prompt_length", self.max_prompt_length,
+                              f"need 0 < max_prompt_length < max_length, got max_length={self.max_length}")
 
 
 def example_key(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int]) -> int:

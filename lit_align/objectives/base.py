@@ -14,6 +14,8 @@ from typing import ClassVar, Literal
 
 from torch import Tensor
 
+from lit_align.errors import ConfigError
+
 Need = Literal["reference_logps", "token_kl", "sae_features"]
 """Quantities beyond the policy's own log-probs that an objective may ask for:
 
@@ -110,5 +112,5 @@ _FIELDS_OF_NEED: dict[str, tuple[str, ...]] = {
 def check_beta(beta: float) -> float:
     """Refuse a non-positive β at construction time, naming the parameter."""
     if not beta > 0:
-        raise ValueError(f"beta must be > 0, got beta={beta}")
+        raise ConfigError("beta", beta, "beta must be > 0")
     return beta

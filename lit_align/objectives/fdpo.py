@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from jsonargparse.typing import OpenUnitInterval, PositiveFloat
 from torch import Tensor
 
+from lit_align.objectives.base import check_beta
 from lit_align.objectives.divergences import Divergence, f_prime
 from lit_align.objectives.pairwise import PairwiseObjective
 
@@ -50,6 +51,7 @@ def fdpo_loss(
         ``(losses, chosen_rewards, rejected_rewards)``, each of shape ``(batch,)``; the rewards are
         ``β f'(u)`` and detached.
     """
+    check_beta(beta)
     chosen_rewards = beta * f_prime(policy_chosen_logps - ref_chosen_logps, divergence, alpha)
     rejected_rewards = beta * f_prime(policy_rejected_logps - ref_rejected_logps, divergence, alpha)
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards)

@@ -31,6 +31,7 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat,
 from torch import Tensor, nn
 
 from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs, check_beta
+from lit_align.paths import absolute_if_local, local_path
 from lit_align.sae import SparseAutoencoder, check_sae_width, decoder_layers, load_sae, pooled_features
 
 
@@ -173,7 +174,7 @@ class FPO(Objective):
             raise ValueError(f"alpha must be >= 0, got alpha={alpha}")
         if not top_k >= 1:
             raise ValueError(f"top_k must be >= 1, got top_k={top_k}")
-        self.sae_path = sae_path
+        self.sae_path = absolute_if_local(sae_path)
         self.layer = layer
         self.beta = check_beta(beta)
         self.alpha = alpha
@@ -203,7 +204,7 @@ class FPO(Objective):
     def bind(self, policy: nn.Module) -> None:
         """Load the SAE, frozen, and check it against ``policy``: its width against the policy's hidden size,
         its layer against the policy's depth, ``top_k`` against its number of features."""
-        sae = load_sae(self.sae_path).requires_grad_(False).eval()
+        sae = load_sae(local_path("model.objective.sae_path", self.sae_path)).requires_grad_(False).eval()
         layer = self.layer if self.layer is not None else sae.layer
         if layer is None:
             raise ValueError(f"the SAE at {self.sae_path} does not record its layer; set FPO's layer")

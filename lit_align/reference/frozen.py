@@ -13,6 +13,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 
 from lit_align.head import check_output_head
+from lit_align.paths import absolute_if_local
 from lit_align.policy import DType, PolicySpec, final_hidden, lm_head, load_causal_lm
 from lit_align.reference.base import OnlineReference
 from lit_align.sae.hooks import residual_stream
@@ -38,7 +39,7 @@ class FrozenCopy(OnlineReference):
         trust_remote_code: bool | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        self.path = path
+        self.path = None if path is None else absolute_if_local(path)
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
         self.extra = extra
@@ -60,7 +61,7 @@ class FrozenCopy(OnlineReference):
 
     def attach(self, policy: nn.Module, datamodule=None) -> None:
         if self.path is not None:
-            model = load_causal_lm(self.spec())
+            model = load_causal_lm(self.spec(), key="model.reference.path")
             check_output_head(model)
         else:
             model = copy.deepcopy(policy.get_base_model() if isinstance(policy, PeftModel) else policy)

@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lit_align.errors import ConfigError
 from lit_align.objectives.base import Need
 from lit_align.reference.base import ReferenceProvider
 from lit_align.reference.sparse import dense_rows, offsets_of, select_rows, sparse_rows
@@ -181,10 +182,11 @@ class OfflineStore(ReferenceProvider):
         expected = run_fingerprint(policy, datamodule)
         differ = [part for part, value in expected.items() if stored.get(part) != value]
         if differ:
-            raise ValueError(
-                f"the reference store at {self.path} was built for another {' and '.join(differ)} than this run "
-                f"uses; rebuild it with `lit-align precompute`"
-            )
+            values = "".join(f"; {part}: {stored.get(part)} in the store, {expected[part]} in this run"
+                             for part in differ if not _is_digest(expected[part]))
+            raise ConfigError("model.reference.path", self.path,
+                              f"the store was built for another {' and '.join(differ)} than this run uses{values}; "
+                              "rebuild it with `lit-align precompute`")
         self.columns = columns
         self.fingerprint = stored
         self.rows = {key: row for row, key in enumerate(columns["example_key"].tolist())}
@@ -246,3 +248,9 @@ class OfflineStore(ReferenceProvider):
         except KeyError as error:
             raise KeyError(f"pair with example_key {error} is not in the reference store at {self.path}") from None
 
+
+
+
+def _is_digest(value: Any) -> bool:
+    """A fingerprint's hash (of weights or a vocabulary), which says nothing to a reader."""
+    return isinstance(value, str) and len(value) == 32

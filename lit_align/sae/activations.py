@@ -41,9 +41,14 @@ def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
 def _rows(path: Path) -> Iterator[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as file:
-        for line in file:
-            if line.strip():
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
                 yield json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not a JSON object ({error.msg}); the texts must be a .jsonl "
+                                 "or .jsonl.gz file, one JSON object per line") from None
 
 
 @torch.no_grad()

@@ -1,0 +1,88 @@
+"""``ConfigError``: a setting a user gave is wrong; and the one line ``lit-align`` prints for it.
+
+Every check of a user's setting (a path, a count, two lengths that do not fit) raises :class:`ConfigError` with
+the setting's config key, its value and what was expected. The CLI (:func:`lit_align.cli.main`) prints it as
+``error: <key>=<value>: <expected>`` and exits with status 2, without a traceback (``--debug`` shows it). From
+Python it is a ``ValueError`` like any other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """A setting's value is wrong.
+
+    Args:
+        key: the setting's config key as a user types it, e.g. ``data.batch_size``.
+        value: the value that was given.
+        expected: what was expected, and how to fix it.
+    """
+
+    def __init__(self, key: str, value: Any, expected: str) -> None:
+        super().__init__(f"{key}={value!r}: {expected}")
+        self.key = key
+        self.value = value
+        self.expected = expected
+
+
+def find_config_error(error: BaseException) -> ConfigError | None:
+    """The :class:`ConfigError` behind ``error`` (itself, or a cause jsonargparse wrapped it in), if any."""
+    return next((link for link in _chain(error) if isinstance(link, ConfigError)), None)
+
+
+def find_input_error(error: BaseException) -> ValueError | OSError | None:
+    """The ``ValueError`` or ``FileNotFoundError`` that lit-align itself raised about its input (a data file, a
+    store, an SAE) behind ``error``, if any; an error raised inside a library is not one (it may be a bug)."""
+    return next((link for link in _chain(error)
+                 if isinstance(link, ValueError | FileNotFoundError) and _raised_in_package(link)), None)
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then what it was raised from (or while handling), and so on."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _raised_in_package(error: BaseException) -> bool:
+    traceback = error.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return Path(traceback.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+_KEY = re.compile(r'Parser key "([^"]+)":')
+_GIVEN = re.compile(r"^\s*Given value: (.*)$", re.MULTILINE)
+_NOISE = ("Does not validate against any of the", "Subtypes:", "Errors:", "Given value type:", "Given value:",
+          "- Expected a <class 'NoneType'>", "Problem with given class_path")
+_GOT = re.compile(r"^Expected an? (?P<type>.*?)\.? Got value: (?P<value>.*)$")
+_RESTRICTION = re.compile(r"^Not of type (?P<type>\w+): (?P<value>.*?) ?does not conform to restriction (?P<rule>.*)$")
+_CLASS = re.compile(r"<class '(?:builtins\.)?([\w.]+)'>")
+
+
+def parse_error_line(message: str) -> str:
+    """jsonargparse's nested parse error (``Parser key "model.objective": ... Parser key "beta": ...``, wrapped
+    in the noise of union types) as one ``<key>=<value>: <expected>`` line."""
+    key = ".".join(_KEY.findall(message))
+    leaves = [line.strip().removeprefix("- ").strip() for line in message.splitlines()]
+    leaves = [line for line in leaves if line and not _KEY.fullmatch(line) and not line.startswith(_NOISE)]
+    leaf = leaves[0] if leaves else message.strip()
+    given = _GIVEN.search(message)
+    if match := _RESTRICTION.match(leaf):
+        value = match["value"] or (given[1] if given else "")
+        return f"{key}={value}: expected a {match['type']} ({match['rule']})"
+    if match := _GOT.match(leaf):
+        expected = _CLASS.sub(lambda found: found[1], match["type"]).replace("typing.Literal", "one of ")
+        return f"{key}={match['value']}: expected {expected}"
+    return f"{key}: {leaf}" if key else leaf
