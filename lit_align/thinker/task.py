@@ -1,0 +1,121 @@
+"""The built-in CPU reasoning task: multi-step modular arithmetic whose intermediate results are the gold steps.
+
+A question ``x3 s1add5 s2mul2`` (modulus 11) means ``(3 + 5)·2 mod 11``; its gold steps are the intermediate
+values ``8 5`` and its answer ``5``. Each operation token names its step, so the order is in the
+tokens themselves. A tiny Llama base is pre-trained to answer ``#### 1`` from the question, with the thought
+slots holding, for a share ``hint_rate`` of the examples, the intermediate values but the last as ordinary tokens
+(hints) and otherwise placeholders; then it is frozen. Thoughts help when they carry what the hints carry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from lit_align.tasks.tokenizer import train_tokenizer
+from lit_align.thinker.encoding import ReasoningExample, ThoughtMarkers, collate, encode
+
+log = logging.getLogger(__name__)
+OPERATIONS = {"add": lambda v, a, m: (v + a) % m, "sub": lambda v, a, m: (v - a) % m, "mul": lambda v, a, m: v * a % m}
+
+
+@dataclass
+class ArithmeticSettings:
+    """The task and its base model."""
+
+    modulus: int = 11
+    steps: int = 2
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate_size: int = 128
+    pretrain_steps: int = 1500
+    """Optimizer steps of the base's pre-training (batch 64, fresh examples)."""
+    hint_rate: float = 0.8
+    """Share of pre-training examples whose thought slots hold the intermediate values."""
+    seed: int = 0
+
+
+def make_examples(count: int, settings: ArithmeticSettings, seed: int) -> list[ReasoningExample]:
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(count):
+        value = rng.randrange(settings.modulus)
+        question, steps = [f"x{value}"], []
+        for step in range(1, settings.steps + 1):
+            name, operand = rng.choice(sorted(OPERATIONS)), rng.randrange(1, settings.modulus)
+            value = OPERATIONS[name](value, operand, settings.modulus)
+            question.append(f"s{step}{name}{operand}")
+            steps.append(str(value))
+        examples.append(ReasoningExample(" ".join(question), tuple(steps), steps[-1]))
+    return examples
+
+
+def build_tokenizer(settings: ArithmeticSettings, markers: ThoughtMarkers) -> PreTrainedTokenizerFast:
+    """Word-level: every value, start token and step operation is one token; markers are special tokens."""
+    m = settings.modulus
+    words = [*map(str, range(m)), *(f"x{v}" for v in range(m)), markers.answer_prefix]
+    words += [f"s{s}{name}{a}" for s in range(1, settings.steps + 1) for name in OPERATIONS for a in range(1, m)]
+    tokenizer = train_tokenizer([" ".join(words)])
+    queries = [markers.query.format(i=i) for i in range(max(8, settings.steps))]
+    tokenizer.add_tokens([markers.placeholder, markers.begin, markers.finish, markers.step_end, *queries],
+                         special_tokens=True)
+    return tokenizer
+
+
+def oracle_slots(batch: dict[str, Tensor], input_ids: Tensor, slots: Tensor) -> Tensor:
+    """``input_ids`` with thought slot j holding the token of gold step ``min(j, S − 2)``: the hints the base
+    was pre-trained with, every intermediate value but the answer (the base always does the last operation).
+    Each step is one token, just before its ``⟨end⟩``."""
+    steps = batch["gen_steps_ids"].gather(1, batch["step_ends"] - 1)
+    last = (batch["step_mask"].sum(-1, keepdim=True) - 2).clamp(min=0)
+    index = torch.minimum(torch.arange(slots.shape[1]).expand_as(slots), last)
+    return input_ids.scatter(1, slots, steps.gather(1, index))
+
+
+def pretrain_base(
+    directory: str | Path, settings: ArithmeticSettings, num_thoughts: int, markers: ThoughtMarkers | None = None
+) -> Path:
+    """Build, pre-train and save the base and its tokenizer in ``directory``, unless it holds this base already."""
+    directory, markers = Path(directory), markers or ThoughtMarkers()
+    stamp = json.dumps({"settings": asdict(settings), "markers": asdict(markers), "thoughts": num_thoughts},
+                       sort_keys=True)
+    if (directory / "task.json").is_file() and (directory / "task.json").read_text() == stamp:
+        return directory
+    tokenizer = build_tokenizer(settings, markers)
+    marker_ids = markers.ids(tokenizer, num_thoughts)
+    rows = [encode(e, tokenizer, marker_ids, markers.answer_prefix) for e in make_examples(20000, settings, 10**6)]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=settings.hidden_size, intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.layers, num_attention_heads=settings.heads, max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    generator = torch.Generator().manual_seed(settings.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for step in range(settings.pretrain_steps):
+        picked = torch.randint(len(rows), (64,), generator=generator).tolist()
+        batch = collate([rows[i] for i in picked], tokenizer.pad_token_id)
+        hinted = torch.rand(64, generator=generator) < settings.hint_rate
+        ids = torch.where(hinted[:, None], oracle_slots(batch, batch["input_ids"], batch["thought_slots"]),
+                          batch["input_ids"])
+        loss = model(input_ids=ids, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 500 == 0:
+            log.info("base pre-training step %d: loss %.3f", step, loss.item())
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "task.json").write_text(stamp)
+    return directory
