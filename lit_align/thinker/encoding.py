@@ -77,13 +77,16 @@ def encode(
     for step in steps:
         gen_steps += step + [marker_ids["step_end"]]
         step_ends.append(len(gen_steps) - 1)
+    gen = question + [marker_ids["step_end"]] + queries
     return {
         "input_ids": prompt + answer_ids,
         "labels": [-100] * len(prompt) + answer_ids,
         "prompt_length": len(prompt),
         "thought_slots": list(range(len(question) + 1, len(question) + 1 + n)),
-        "gen_ids": question + [marker_ids["step_end"]] + queries,
+        "gen_ids": gen,
+        "gen_slots": list(range(len(gen) - n, len(gen))),
         "gen_steps_ids": gen_steps + queries,
+        "gen_steps_slots": list(range(len(gen_steps), len(gen_steps) + n)),
         "q_end": len(question),
         "step_ends": step_ends,
         "answer_ids": tokenizer(example.answer, add_special_tokens=False)["input_ids"],
@@ -100,7 +103,8 @@ def collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         batch[key], batch[mask_key] = _pad([row[key] for row in rows], 0 if key == "step_ends" else pad_id)
     batch["labels"] = _pad([row["labels"] for row in rows], -100)[0]
     batch["step_mask"] = batch["step_mask"].bool()
-    batch["thought_slots"] = torch.tensor([row["thought_slots"] for row in rows])
+    for key in ("thought_slots", "gen_slots", "gen_steps_slots"):
+        batch[key] = torch.tensor([row[key] for row in rows])
     batch["q_end"] = torch.tensor([row["q_end"] for row in rows])
     prompts = [row["input_ids"][: row["prompt_length"]] for row in rows]
     width = max(map(len, prompts))

@@ -1,10 +1,11 @@
 """The built-in CPU reasoning task: multi-step modular arithmetic whose intermediate results are the gold steps.
 
 A question ``x3 s1add5 s2mul2`` (modulus 11) means ``(3 + 5)·2 mod 11``; its gold steps are the intermediate
-values ``8 5`` and its answer ``5``. Each operation token names its step, so the order is in the
-tokens themselves. A tiny Llama base is pre-trained to answer ``#### 1`` from the question, with the thought
-slots holding, for a share ``hint_rate`` of the examples, the intermediate values but the last as ordinary tokens
-(hints) and otherwise placeholders; then it is frozen. Thoughts help when they carry what the hints carry.
+values ``8 5`` and its answer ``5``. Each operation token names its step, so the order is in the tokens themselves.
+A tiny Llama base is pre-trained to answer ``#### 5`` from the question, with the thought slots holding, for a
+share ``hint_rate`` of the examples, the intermediate values but the last (hints), and otherwise placeholders;
+then it is frozen. The hints are soft (mixed with a distractor value, with noise, see :func:`soft_hints`) so that
+the base reads continuous thoughts smoothly. Thoughts help when they carry what the hints carry.
 """
 
 from __future__ import annotations
@@ -80,6 +81,25 @@ def oracle_slots(batch: dict[str, Tensor], input_ids: Tensor, slots: Tensor) -> 
     return input_ids.scatter(1, slots, steps.gather(1, index))
 
 
+def soft_hints(
+    embedding: torch.nn.Module, batch: dict[str, Tensor], hinted: Tensor, generator: torch.Generator
+) -> Tensor:
+    """Input embeddings whose thought slots hold, where ``hinted``, a soft hint: ``(1 − λ) e(hint) + λ e(v) + σ ε``
+    with a random distractor value ``v``, ``λ ~ U(0, 0.3)`` and ``σ ~ U(0, 0.3)·rms(e)``. The base learns to read
+    the dominant value of a mixture, so that its answer varies smoothly with a continuous thought."""
+    ids, slots = batch["input_ids"], batch["thought_slots"]
+    hints = embedding(oracle_slots(batch, ids, slots).gather(1, slots))
+    values = batch["gen_steps_ids"].gather(1, batch["step_ends"] - 1)
+    distractors = embedding(values[torch.randperm(len(ids), generator=generator)][:, :1].expand_as(slots))
+    lam = 0.3 * torch.rand(len(ids), slots.shape[1], 1, generator=generator)
+    sigma = 0.3 * torch.rand(len(ids), 1, 1, generator=generator) * embedding.weight.detach().pow(2).mean().sqrt()
+    noise = sigma * torch.randn(hints.shape, generator=generator)
+    soft = ((1 - lam) * hints + lam * distractors + noise).detach()
+    slot_values = torch.where(hinted[:, None, None], soft, embedding(ids.gather(1, slots)))
+    embeddings = embedding(ids)
+    return embeddings.scatter(1, slots[..., None].expand_as(slot_values), slot_values)
+
+
 def pretrain_base(
     directory: str | Path, settings: ArithmeticSettings, num_thoughts: int, markers: ThoughtMarkers | None = None
 ) -> Path:
@@ -106,9 +126,8 @@ def pretrain_base(
         picked = torch.randint(len(rows), (64,), generator=generator).tolist()
         batch = collate([rows[i] for i in picked], tokenizer.pad_token_id)
         hinted = torch.rand(64, generator=generator) < settings.hint_rate
-        ids = torch.where(hinted[:, None], oracle_slots(batch, batch["input_ids"], batch["thought_slots"]),
-                          batch["input_ids"])
-        loss = model(input_ids=ids, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        embeddings = soft_hints(model.get_input_embeddings(), batch, hinted, generator)
+        loss = model(inputs_embeds=embeddings, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -1,0 +1,3 @@
+from lit_align.thinker.cli import main
+
+main()
