@@ -15,7 +15,7 @@ and ``L_focus`` reads the step vectors from a separate pass over the steps that 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -47,6 +47,9 @@ class LatentThoughtModule(L.LightningModule):
         variance_prior: an optional :class:`~lit_align.thinker.generator.GaussianThoughts` (sampled thoughts).
         train_generator: train the generator (False: the projection only).
         thoughts: ``generated``, or a control for evaluation (``placeholder``, ``shuffled``).
+        thought_init: ``random`` (the authors': a default ``nn.Linear``) or ``placeholder``: at the first training
+            batch the projection's bias becomes the placeholder token's embedding and its weight is scaled by 0.1,
+            so training starts from (nearly) the placeholder prompt instead of random vectors in the slots.
         optimizer: optimizer factory over the trainable parameters.
     """
 
@@ -59,6 +62,7 @@ class LatentThoughtModule(L.LightningModule):
         variance_prior: GaussianThoughts | None = None,
         train_generator: bool = True,
         thoughts: ThoughtMode = "generated",
+        thought_init: Literal["random", "placeholder"] = "random",
         optimizer: OptimizerCallable = default_optimizer,
     ) -> None:
         super().__init__()
@@ -71,6 +75,8 @@ class LatentThoughtModule(L.LightningModule):
         self.variance_prior = variance_prior
         self.train_generator = train_generator
         self.thoughts = thoughts
+        self.thought_init = thought_init
+        self.register_buffer("initialised", torch.tensor(thought_init == "random"))
         self.optimizer_factory = optimizer
         self.base: nn.Module | None = None
         self.projection: nn.Linear | None = None
@@ -128,6 +134,17 @@ class LatentThoughtModule(L.LightningModule):
             logits, batch["labels"], gather_positions(projected, batch["q_end"]), thoughts, steps,
             batch["step_mask"], answer / answer_mask.sum(1).clamp(min=1), logvar,
         )
+
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """``thought_init="placeholder"``: start the projection at the placeholder embedding (once; a resumed
+        run keeps its trained projection, the flag being saved with it)."""
+        if self.initialised:
+            return
+        placeholder = batch["input_ids"][0, batch["thought_slots"][0, 0]]
+        with torch.no_grad():
+            self.projection.bias.copy_(self.base.get_input_embeddings().weight[placeholder])
+            self.projection.weight.mul_(0.1)
+        self.initialised.fill_(True)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         output = self.loss(self(batch))

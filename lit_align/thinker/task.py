@@ -1,7 +1,8 @@
 """The built-in CPU reasoning task: multi-step modular arithmetic whose intermediate results are the gold steps.
 
 A question ``x3 s1add5 s2mul2`` (modulus 11) means ``(3 + 5)·2 mod 11``; its gold steps are the intermediate
-values ``8 5`` and its answer ``5``. Each operation token names its step, so the order is in the tokens themselves.
+values ``8 5`` and its answer ``5`` (the default modulus is 7). Each operation token names its step, so the
+order is in the tokens themselves.
 A tiny Llama base is pre-trained to answer ``#### 5`` from the question, with the thought slots holding, for a
 share ``hint_rate`` of the examples, the intermediate values but the last (hints), and otherwise placeholders;
 then it is frozen. The hints are soft (mixed with a distractor value, with noise, see :func:`soft_hints`) so that
@@ -31,13 +32,13 @@ OPERATIONS = {"add": lambda v, a, m: (v + a) % m, "sub": lambda v, a, m: (v - a)
 class ArithmeticSettings:
     """The task and its base model."""
 
-    modulus: int = 11
+    modulus: int = 7
     steps: int = 2
     hidden_size: int = 64
     layers: int = 2
     heads: int = 4
     intermediate_size: int = 128
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 3000
     """Optimizer steps of the base's pre-training (batch 64, fresh examples)."""
     hint_rate: float = 0.8
     """Share of pre-training examples whose thought slots hold the intermediate values."""
@@ -84,20 +85,22 @@ def oracle_slots(batch: dict[str, Tensor], input_ids: Tensor, slots: Tensor) -> 
 def soft_hints(
     embedding: torch.nn.Module, batch: dict[str, Tensor], hinted: Tensor, generator: torch.Generator
 ) -> Tensor:
-    """Input embeddings whose thought slots hold, where ``hinted``, a soft hint: ``(1 − λ) e(hint) + λ e(v) + σ ε``
-    with a random distractor value ``v``, ``λ ~ U(0, 0.3)`` and ``σ ~ U(0, 0.3)·rms(e)``. The base learns to read
-    the dominant value of a mixture, so that its answer varies smoothly with a continuous thought."""
+    """Input embeddings whose thought slots hold, where ``hinted``, a soft hint on the way from the placeholder
+    ``e(p)`` to the hint ``e(h)``: ``(1 − α) e(p) + α ((1 − λ) e(h) + λ e(v)) + σ ε`` with a random distractor
+    value ``v``, ``α ~ U(0, 1)``, ``λ ~ U(0, 0.3)`` and ``σ ~ U(0, 0.3)·rms(e)``. The base learns to read a
+    continuous slot smoothly, from "no hint" (the placeholder) to a clear one."""
     ids, slots = batch["input_ids"], batch["thought_slots"]
+    placeholders = embedding(ids.gather(1, slots))
     hints = embedding(oracle_slots(batch, ids, slots).gather(1, slots))
     values = batch["gen_steps_ids"].gather(1, batch["step_ends"] - 1)
     distractors = embedding(values[torch.randperm(len(ids), generator=generator)][:, :1].expand_as(slots))
+    alpha = torch.rand(len(ids), 1, 1, generator=generator)
     lam = 0.3 * torch.rand(len(ids), slots.shape[1], 1, generator=generator)
     sigma = 0.3 * torch.rand(len(ids), 1, 1, generator=generator) * embedding.weight.detach().pow(2).mean().sqrt()
-    noise = sigma * torch.randn(hints.shape, generator=generator)
-    soft = ((1 - lam) * hints + lam * distractors + noise).detach()
-    slot_values = torch.where(hinted[:, None, None], soft, embedding(ids.gather(1, slots)))
-    embeddings = embedding(ids)
-    return embeddings.scatter(1, slots[..., None].expand_as(slot_values), slot_values)
+    soft = (1 - alpha) * placeholders + alpha * ((1 - lam) * hints + lam * distractors)
+    soft = (soft + sigma * torch.randn(hints.shape, generator=generator)).detach()
+    slot_values = torch.where(hinted[:, None, None], soft, placeholders)
+    return embedding(ids).scatter(1, slots[..., None].expand_as(slot_values), slot_values)
 
 
 def pretrain_base(
@@ -111,7 +114,8 @@ def pretrain_base(
         return directory
     tokenizer = build_tokenizer(settings, markers)
     marker_ids = markers.ids(tokenizer, num_thoughts)
-    rows = [encode(e, tokenizer, marker_ids, markers.answer_prefix) for e in make_examples(20000, settings, 10**6)]
+    pool = make_examples(min(20000, 64 * settings.pretrain_steps), settings, 10**6)
+    rows = [encode(example, tokenizer, marker_ids, markers.answer_prefix) for example in pool]
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=settings.hidden_size, intermediate_size=settings.intermediate_size,
         num_hidden_layers=settings.layers, num_attention_heads=settings.heads, max_position_embeddings=128,

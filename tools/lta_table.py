@@ -1,0 +1,138 @@
+"""The LTA-Thinker ablation table on the built-in modular-arithmetic task (docs/lta_thinker.md).
+
+    python tools/lta_table.py --workdir .cache/lta_task --seeds 0 1 2 --jobs 2
+
+Pre-trains (once, cached) the frozen base, then for each configuration and seed trains a thought generator in a
+child process (one thread) and measures held-out accuracy: greedy, mean over k = 10 samples, and the majority
+vote over them (T 0.7, top-p 0.8, top-k 20). Each run's result is cached as JSON under ``<workdir>/table``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROWS = {
+    # name: (description, module kwargs, loss weights (sft, focus, align, variance), thoughts at evaluation)
+    "placeholder": ("no thoughts (placeholders), untrained", None, None, "placeholder"),
+    "oracle": ("gold intermediate values as hint tokens (upper bound)", None, None, "oracle"),
+    "sft": ("SFT only, leak-free, positional", dict(gold=False, positional=True), (1, 0, 0, 0), "generated"),
+    "sft_kl": ("SFT + KL, leak-free, positional", dict(gold=False, positional=True), (.33, 0, .33, 0), "generated"),
+    "all": ("SFT + KL + focus, leak-free, positional", dict(gold=False, positional=True), (.33, .33, .33, 0),
+            "generated"),
+    "all_shuffled": ("same model, thoughts shuffled across examples (control)", dict(gold=False, positional=True),
+                     (.33, .33, .33, 0), "shuffled"),
+    "authors": ("authors: gold steps in prompt, no positions, all three", dict(gold=True, positional=False),
+                (.33, .33, .33, 0), "generated"),
+    "leak_positional": ("gold steps in prompt, positional, all three", dict(gold=True, positional=True),
+                        (.33, .33, .33, 0), "generated"),
+    "free_nopos": ("leak-free, no positions, all three", dict(gold=False, positional=False), (.33, .33, .33, 0),
+                   "generated"),
+    "variance": ("leak-free, positional, all three + Gaussian prior (thought sampled per answer)",
+                 dict(gold=False, positional=True, variance=True), (.33, .33, .33, 0.01), "generated"),
+}
+
+
+def run(name: str, seed: int, workdir: Path, steps: int) -> dict:
+    """Train (when the row has a generator) and evaluate one row for one seed, in this process."""
+    import lightning as L
+    import torch
+
+    from lit_align.policy import PolicySpec
+    from lit_align.thinker import (
+        BlockPrior,
+        GaussianThoughts,
+        LatentThoughtModule,
+        ModularArithmeticData,
+        SamplingSettings,
+        ThoughtLoss,
+    )
+    from lit_align.thinker.self_consistency import evaluate
+    from lit_align.thinker.task import oracle_slots
+    from lit_align.trainer import AlignmentTrainer
+
+    _, switches, weights, thoughts = ROWS[name]
+    L.seed_everything(seed)
+    data = ModularArithmeticData(str(workdir), num_train=4000, num_val=500, data_seed=1)
+    data.prepare_data()
+    data.setup("fit")
+    switches = switches or dict(gold=False, positional=True)
+    module = LatentThoughtModule(
+        PolicySpec(path=str(workdir / "base")), BlockPrior(positional=switches["positional"]),
+        ThoughtLoss(*weights) if weights else ThoughtLoss(1, 0, 0), gold_steps_in_prompt=switches["gold"],
+        variance_prior=GaussianThoughts() if switches.get("variance") else None,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+    )
+    started = time.time()
+    if weights is not None:
+        trainer = AlignmentTrainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                   enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+        trainer.fit(module, data)
+    else:
+        module.configure_model()
+    loader = data.val_dataloader()
+    if thoughts == "oracle":
+        loader = [dict(b, prompt_ids=oracle_slots(b, b["prompt_ids"], b["prompt_slots"])) for b in loader]
+    module.thoughts = "placeholder" if thoughts == "oracle" else thoughts
+    result = evaluate(module, loader, data.tokenizer, SamplingSettings(k=10, max_new_tokens=4))
+    return {**result, "seconds": time.time() - started, "name": name, "seed": seed}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| configuration | greedy | sample (mean of 10) | vote@10 | vote gain |", "|---|---|---|---|---|"]
+    for name, (description, *_rest) in ROWS.items():
+        rows = [r for r in results if r["name"] == name]
+        if not rows:
+            continue
+        cells = []
+        for key in ("acc_greedy", "acc_sample", "acc_vote", "vote_gain"):
+            values = [r[key] for r in rows]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
+        lines.append(f"| `{name}`: {description} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path(".cache/lta_task"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps per training run (batch 64)")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--child", nargs=2, metavar=("ROW", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    cache = args.workdir / "table"
+    if args.child:
+        name, seed = args.child[0], int(args.child[1])
+        result = run(name, seed, args.workdir, args.steps)
+        (cache / f"{name}-{seed}-{args.steps}.json").write_text(json.dumps(result))
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    base_command = [sys.executable, __file__, "--workdir", str(args.workdir), "--steps", str(args.steps)]
+    subprocess.run([*base_command, "--child", "placeholder", "0"], check=True, env=env)  # builds the base once
+
+    def child(job: tuple[str, int]) -> None:
+        if not (cache / f"{job[0]}-{job[1]}-{args.steps}.json").is_file():
+            subprocess.run([*base_command, "--child", job[0], str(job[1])], check=True, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            print(f"done {job}", flush=True)
+
+    jobs = [(name, seed) for name in args.rows for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(child, jobs))
+    results = [json.loads((cache / f"{n}-{s}-{args.steps}.json").read_text()) for n, s in jobs]
+    print(table(results))
+    (cache / "table.md").write_text(table(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
