@@ -120,7 +120,8 @@ def test_trainer_fit_trains_generator_and_projection_only_and_logs_accuracy(task
     datamodule = ModularArithmeticData(str(task_dir), TINY_TASK, num_train=32, num_val=16, batch_size=8,
                                        eval_batch_size=8)
     module = LatentThoughtModule(PolicySpec(path=str(task_dir / "base")), BlockPrior(positional=True),
-                                 gold_steps_in_prompt=False, variance_prior=GaussianThoughts())
+                                 gold_steps_in_prompt=False, variance_prior=GaussianThoughts(),
+                                 thought_init="placeholder")
     callback = SelfConsistency(SamplingSettings(k=3, max_new_tokens=4), max_batches=1)
     trainer = AlignmentTrainer(max_steps=4, val_check_interval=4, check_val_every_n_epoch=None, logger=False,
                                default_root_dir=tmp_path, enable_progress_bar=False, callbacks=[callback],
@@ -128,7 +129,9 @@ def test_trainer_fit_trains_generator_and_projection_only_and_logs_accuracy(task
     module.configure_model()
     base_before = {k: v.clone() for k, v in module.base.state_dict().items()}
     projection_before = module.projection.weight.detach().clone()
+    assert not module.initialised
     trainer.fit(module, datamodule)
+    assert module.initialised
     assert all(torch.equal(v, module.base.state_dict()[k]) for k, v in base_before.items())
     assert not torch.equal(projection_before, module.projection.weight)
     metrics = trainer.callback_metrics

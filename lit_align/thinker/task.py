@@ -87,14 +87,15 @@ def soft_hints(
 ) -> Tensor:
     """Input embeddings whose thought slots hold, where ``hinted``, a soft hint on the way from the placeholder
     ``e(p)`` to the hint ``e(h)``: ``(1 − α) e(p) + α ((1 − λ) e(h) + λ e(v)) + σ ε`` with a random distractor
-    value ``v``, ``α ~ U(0, 1)``, ``λ ~ U(0, 0.3)`` and ``σ ~ U(0, 0.3)·rms(e)``. The base learns to read a
-    continuous slot smoothly, from "no hint" (the placeholder) to a clear one."""
+    value ``v``, ``α = 1`` (half the time) or ``α ~ U(0, 1)``, ``λ ~ U(0, 0.3)`` and ``σ ~ U(0, 0.3)·rms(e)``.
+    The base learns to read a continuous slot smoothly, from "no hint" (the placeholder) to a clear one."""
     ids, slots = batch["input_ids"], batch["thought_slots"]
     placeholders = embedding(ids.gather(1, slots))
     hints = embedding(oracle_slots(batch, ids, slots).gather(1, slots))
     values = batch["gen_steps_ids"].gather(1, batch["step_ends"] - 1)
     distractors = embedding(values[torch.randperm(len(ids), generator=generator)][:, :1].expand_as(slots))
     alpha = torch.rand(len(ids), 1, 1, generator=generator)
+    alpha = torch.where(torch.rand(len(ids), 1, 1, generator=generator) < 0.5, torch.ones_like(alpha), alpha)
     lam = 0.3 * torch.rand(len(ids), slots.shape[1], 1, generator=generator)
     sigma = 0.3 * torch.rand(len(ids), 1, 1, generator=generator) * embedding.weight.detach().pow(2).mean().sqrt()
     soft = (1 - alpha) * placeholders + alpha * ((1 - lam) * hints + lam * distractors)
