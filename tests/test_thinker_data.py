@@ -95,9 +95,9 @@ def test_datamodule_drops_long_examples_and_rejects_missing_markers(tmp_path, wo
 def test_task_examples_and_oracle_hints():
     settings = ArithmeticSettings(modulus=7, steps=3)
     example = make_examples(1, settings, seed=0)[0]
-    value, *operations = example.question.split()
-    current = int(value[1:])
-    for step, word in zip(example.steps, operations, strict=True):
+    first, *later = example.question.split()
+    current = int(first[1])
+    for step, word in zip(example.steps, [f"s1{first[2:]}", *later], strict=True):
         name, operand = word[2:5], int(word[5:])
         current = {"add": current + operand, "sub": current - operand, "mul": current * operand}[name] % 7
         assert step == str(current)

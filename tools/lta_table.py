@@ -60,7 +60,7 @@ def run(name: str, seed: int, workdir: Path, steps: int) -> dict:
 
     _, switches, weights, thoughts = ROWS[name]
     L.seed_everything(seed)
-    data = ModularArithmeticData(str(workdir), num_train=4000, num_val=500, data_seed=1)
+    data = ModularArithmeticData(str(workdir), num_train=1500, num_val=500, data_seed=1)
     data.prepare_data()
     data.setup("fit")
     switches = switches or dict(gold=False, positional=True)

@@ -104,7 +104,7 @@ class ModularArithmeticData(ReasoningDataModule):
         self,
         workdir: str = "runs/lta_task",
         task: ArithmeticSettings | None = None,
-        num_train: PositiveInt = 4000,
+        num_train: PositiveInt = 1500,
         num_val: PositiveInt = 500,
         data_seed: int = 1,
         num_thoughts: PositiveInt = 2,

@@ -1,8 +1,8 @@
 """The built-in CPU reasoning task: multi-step modular arithmetic whose intermediate results are the gold steps.
 
-A question ``x3 s1add5 s2mul2`` (modulus 11) means ``(3 + 5)·2 mod 11``; its gold steps are the intermediate
-values ``8 5`` and its answer ``5`` (the default modulus is 7). Each operation token names its step, so the
-order is in the tokens themselves.
+A question ``x3add5 s2mul2`` (modulus 11) means ``(3 + 5)·2 mod 11``; its gold steps are the intermediate values
+``8 5`` and its answer ``5`` (the default modulus is 7). The first token holds the start value and the first
+operation, each later token names its step, so the order is in the tokens themselves.
 A tiny Llama base is pre-trained to answer ``#### 5`` from the question, with the thought slots holding, for a
 share ``hint_rate`` of the examples, the intermediate values but the last (hints), and otherwise placeholders;
 then it is frozen. The hints are soft (mixed with a distractor value, with noise, see :func:`soft_hints`) so that
@@ -49,12 +49,12 @@ def make_examples(count: int, settings: ArithmeticSettings, seed: int) -> list[R
     rng = random.Random(seed)
     examples = []
     for _ in range(count):
-        value = rng.randrange(settings.modulus)
-        question, steps = [f"x{value}"], []
+        value = start = rng.randrange(settings.modulus)
+        question, steps = [], []
         for step in range(1, settings.steps + 1):
             name, operand = rng.choice(sorted(OPERATIONS)), rng.randrange(1, settings.modulus)
             value = OPERATIONS[name](value, operand, settings.modulus)
-            question.append(f"s{step}{name}{operand}")
+            question.append(f"x{start}{name}{operand}" if step == 1 else f"s{step}{name}{operand}")
             steps.append(str(value))
         examples.append(ReasoningExample(" ".join(question), tuple(steps), steps[-1]))
     return examples
@@ -63,8 +63,9 @@ def make_examples(count: int, settings: ArithmeticSettings, seed: int) -> list[R
 def build_tokenizer(settings: ArithmeticSettings, markers: ThoughtMarkers) -> PreTrainedTokenizerFast:
     """Word-level: every value, start token and step operation is one token; markers are special tokens."""
     m = settings.modulus
-    words = [*map(str, range(m)), *(f"x{v}" for v in range(m)), markers.answer_prefix]
-    words += [f"s{s}{name}{a}" for s in range(1, settings.steps + 1) for name in OPERATIONS for a in range(1, m)]
+    words = [*map(str, range(m)), markers.answer_prefix]
+    words += [f"x{v}{name}{a}" for v in range(m) for name in OPERATIONS for a in range(1, m)]
+    words += [f"s{s}{name}{a}" for s in range(2, settings.steps + 1) for name in OPERATIONS for a in range(1, m)]
     tokenizer = train_tokenizer([" ".join(words)])
     queries = [markers.query.format(i=i) for i in range(max(8, settings.steps))]
     tokenizer.add_tokens([markers.placeholder, markers.begin, markers.finish, markers.step_end, *queries],
