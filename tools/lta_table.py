@@ -19,24 +19,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+LEAK_FREE = dict(gold=False, positional=True)
+ALL = (0.33, 0.33, 0.33, 0.0)
 ROWS = {
-    # name: (description, module kwargs, loss weights (sft, focus, align, variance), thoughts at evaluation)
-    "placeholder": ("no thoughts (placeholders), untrained", None, None, "placeholder"),
-    "oracle": ("gold intermediate values as hint tokens (upper bound)", None, None, "oracle"),
-    "sft": ("SFT only, leak-free, positional", dict(gold=False, positional=True), (1, 0, 0, 0), "generated"),
-    "sft_kl": ("SFT + KL, leak-free, positional", dict(gold=False, positional=True), (.33, 0, .33, 0), "generated"),
-    "all": ("SFT + KL + focus, leak-free, positional", dict(gold=False, positional=True), (.33, .33, .33, 0),
-            "generated"),
-    "all_shuffled": ("same model, thoughts shuffled across examples (control)", dict(gold=False, positional=True),
-                     (.33, .33, .33, 0), "shuffled"),
-    "authors": ("authors: gold steps in prompt, no positions, all three", dict(gold=True, positional=False),
-                (.33, .33, .33, 0), "generated"),
-    "leak_positional": ("gold steps in prompt, positional, all three", dict(gold=True, positional=True),
-                        (.33, .33, .33, 0), "generated"),
-    "free_nopos": ("leak-free, no positions, all three", dict(gold=False, positional=False), (.33, .33, .33, 0),
-                   "generated"),
-    "variance": ("leak-free, positional, all three + Gaussian prior (thought sampled per answer)",
-                 dict(gold=False, positional=True, variance=True), (.33, .33, .33, 0.01), "generated"),
+    # name: (description, switches, loss weights (sft, focus, align, variance), thoughts evaluated)
+    "placeholder": ("no thoughts: placeholders, untrained", LEAK_FREE, None, ("placeholder",)),
+    "oracle": ("gold intermediate values as hint tokens (upper bound)", LEAK_FREE, None, ("oracle",)),
+    "sft": ("SFT only (leak-free, positional)", LEAK_FREE, (1.0, 0.0, 0.0, 0.0), ("generated",)),
+    "sft_kl": ("SFT + KL (leak-free, positional)", LEAK_FREE, (0.5, 0.0, 0.5, 0.0), ("generated",)),
+    "all": ("SFT + KL + focus (leak-free, positional)", LEAK_FREE, ALL, ("generated", "shuffled")),
+    "authors": ("authors: gold steps in prompt, no positions, all three", dict(gold=True, positional=False), ALL,
+                ("generated",)),
+    "leak": ("gold steps in prompt, positional, all three", dict(gold=True, positional=True), ALL, ("generated",)),
+    "no_positions": ("leak-free, no positions, all three", dict(gold=False, positional=False), ALL, ("generated",)),
+    "variance": ("leak-free, positional, all three + Gaussian prior (a thought sample per answer)",
+                 dict(LEAK_FREE, variance=True), (0.33, 0.33, 0.33, 0.01), ("generated",)),
 }
 
 
@@ -58,17 +55,16 @@ def run(name: str, seed: int, workdir: Path, steps: int) -> dict:
     from lit_align.thinker.task import oracle_slots
     from lit_align.trainer import AlignmentTrainer
 
-    _, switches, weights, thoughts = ROWS[name]
+    _, switches, weights, evaluations = ROWS[name]
     L.seed_everything(seed)
     data = ModularArithmeticData(str(workdir), num_train=1500, num_val=500, data_seed=1)
     data.prepare_data()
     data.setup("fit")
-    switches = switches or dict(gold=False, positional=True)
     module = LatentThoughtModule(
         PolicySpec(path=str(workdir / "base")), BlockPrior(positional=switches["positional"]),
         ThoughtLoss(*weights) if weights else ThoughtLoss(1, 0, 0), gold_steps_in_prompt=switches["gold"],
         variance_prior=GaussianThoughts() if switches.get("variance") else None,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+        thought_init="placeholder", optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
     )
     started = time.time()
     if weights is not None:
@@ -77,26 +73,29 @@ def run(name: str, seed: int, workdir: Path, steps: int) -> dict:
         trainer.fit(module, data)
     else:
         module.configure_model()
-    loader = data.val_dataloader()
-    if thoughts == "oracle":
-        loader = [dict(b, prompt_ids=oracle_slots(b, b["prompt_ids"], b["prompt_slots"])) for b in loader]
-    module.thoughts = "placeholder" if thoughts == "oracle" else thoughts
-    result = evaluate(module, loader, data.tokenizer, SamplingSettings(k=10, max_new_tokens=4))
-    return {**result, "seconds": time.time() - started, "name": name, "seed": seed}
+    results = {"name": name, "seed": seed, "seconds": time.time() - started}
+    for thoughts in evaluations:
+        loader = data.val_dataloader()
+        if thoughts == "oracle":
+            loader = [dict(b, prompt_ids=oracle_slots(b, b["prompt_ids"], b["prompt_slots"])) for b in loader]
+        module.thoughts = "placeholder" if thoughts == "oracle" else thoughts
+        results[thoughts] = evaluate(module, loader, data.tokenizer, SamplingSettings(k=10, max_new_tokens=4))
+    return results
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| configuration | greedy | sample (mean of 10) | vote@10 | vote gain |", "|---|---|---|---|---|"]
-    for name, (description, *_rest) in ROWS.items():
+    """Mean ± standard deviation over seeds of each row and evaluated thoughts."""
+    lines = ["| configuration | thoughts | greedy | sample (mean of 10) | vote@10 | vote gain |",
+             "|---|---|---|---|---|---|"]
+    for name, (description, _, _, evaluations) in ROWS.items():
         rows = [r for r in results if r["name"] == name]
-        if not rows:
-            continue
-        cells = []
-        for key in ("acc_greedy", "acc_sample", "acc_vote", "vote_gain"):
-            values = [r[key] for r in rows]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
-        lines.append(f"| `{name}`: {description} | " + " | ".join(cells) + " |")
+        for thoughts in evaluations if rows else ():
+            cells = []
+            for key in ("acc_greedy", "acc_sample", "acc_vote", "vote_gain"):
+                values = [r[thoughts][key] for r in rows]
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
+            lines.append(f"| `{name}`: {description} | {thoughts} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
