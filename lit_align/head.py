@@ -80,22 +80,31 @@ def output_head(model: nn.Module) -> OutputHead:
     return OutputHead(model.get_output_embeddings(), transform, constant)
 
 
-def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def final_hidden(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | dict[str, Tensor], position_ids: Tensor | None = None
+) -> Tensor:
     """Final hidden states (after the last norm: Llama's ``norm``, GPT-2's ``ln_f``, GPT-NeoX's
     ``final_layer_norm``, ...) of a causal LM, without computing any logits.
 
+    ``attention_mask`` is a 2D padding mask, or a prepared 4D mask (one per layer type for the families that take
+    that) with the tokens' ``position_ids`` (see :mod:`lit_align.layout`).
+
     A model sharded with FSDP (:mod:`lit_align.sharding`) runs through its own forward, which gathers its root
     unit (embedding, norm and, with FSDP2, LM head), with logits for the last position only."""
+    positions = {} if position_ids is None else {"position_ids": position_ids}
     if isinstance(model, FSDPModule | FullyShardedDataParallel):
-        return hidden_through_forward(model, input_ids, attention_mask)
+        return hidden_through_forward(model, input_ids, attention_mask, **positions)
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    decoder = base.get_decoder()
+    return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **positions).last_hidden_state
 
 
-def hidden_through_forward(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def hidden_through_forward(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | dict[str, Tensor], position_ids: Tensor | None = None
+) -> Tensor:
     """:func:`final_hidden` through the model's own forward: its last ``hidden_states`` entry (after the final
     norm in every verified family), with logits for the last position only."""
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                     output_hidden_states=True, logits_to_keep=1)
     return outputs.hidden_states[-1]
 

@@ -19,9 +19,11 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from lit_align.layout import decoder_inputs, packed_view, packing_obstacle, padded_view, response_states
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs
@@ -57,6 +59,10 @@ class AlignmentModule(L.LightningModule):
         disable_dropout: zero every dropout of the policy (as DPO implementations do), so that policy and
             reference see the same function at step 0.
         logits_chunk_size: response positions per LM-head call.
+        packing: run each pair as one sequence ``[prompt | chosen | rejected]``, the batch's pairs packed into
+            one row without padding, so every prompt is computed once (:mod:`lit_align.layout`); the per-pair
+            results equal the padded layout's. A model family or attention backend that cannot take the packed
+            mask runs padded, saying so once.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class AlignmentModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         disable_dropout: bool = True,
         logits_chunk_size: PositiveInt = 4096,
+        packing: bool = True,
     ) -> None:
         super().__init__()
         require_counts(**{"model.logits_chunk_size": logits_chunk_size})
@@ -86,6 +93,8 @@ class AlignmentModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.disable_dropout = disable_dropout
         self.logits_chunk_size = logits_chunk_size
+        self.packing = packing
+        self._packs: dict[int, bool] = {}
         self.policy: nn.Module | None = None
         self.train_metrics = MetricBank()
         self.val_metrics = MetricBank()
@@ -147,6 +156,7 @@ class AlignmentModule(L.LightningModule):
     def preference_inputs(self, batch: dict[str, Tensor]) -> PreferenceInputs:
         """Compute, for one batch, exactly the quantities the objective needs."""
         needs = self.objective.needs
+        batch = self.pair_view(batch)
         ids, mask = batch["input_ids"], batch["response_mask"]
         hidden, features = self._policy_hidden(batch)
         ref_logps = seq_kl = None
@@ -175,12 +185,27 @@ class AlignmentModule(L.LightningModule):
     def _policy_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """The policy's final hidden states and, when the objective reads SAE features, its response-pooled
         features, from the residual stream captured at the SAE's layer in the same forward (with gradient)."""
-        ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        inputs = decoder_inputs(batch, self.policy)
         if self.feature_source is None:
-            return final_hidden(self.policy, ids, attention_mask), None
+            return response_states(batch, final_hidden(self.policy, **inputs)), None
         with ResidualCapture(self.policy, self.feature_source.feature_layer) as capture:
-            hidden = final_hidden(self.policy, ids, attention_mask)
-        return hidden, self.feature_source.encode_features(capture.activations, batch["response_mask"])
+            hidden = final_hidden(self.policy, **inputs)
+        residual = response_states(batch, capture.activations)
+        return response_states(batch, hidden), self.feature_source.encode_features(residual, batch["response_mask"])
+
+    def pair_view(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``batch`` in the layout this run uses: packed where policy and reference take it, else padded."""
+        if "packed" not in batch:
+            return batch
+        key = id(self.reference)
+        if key not in self._packs:
+            models = [self.policy, self.reference.own_model() if self.reference is not None else None]
+            obstacles = [packing_obstacle(model) for model in models if model is not None]
+            obstacle = next((reason for reason in obstacles if reason is not None), None)
+            if self.packing and obstacle is not None:
+                rank_zero_warn(f"pairs run in the padded layout: {obstacle}")
+            self._packs[key] = self.packing and obstacle is None
+        return packed_view(batch) if self._packs[key] else padded_view(batch)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         inputs = self.preference_inputs(batch)
@@ -195,6 +220,7 @@ class AlignmentModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Reference log-probs of each pair, and its pooled SAE features when the objective reads them (sparse),
         for the offline store (see ``lit-align precompute``)."""
+        batch = self.pair_view(batch)
         logps = self.reference.sequence_logps(batch)
         lengths = batch["response_mask"][:, 1:].sum(-1).float()
         chosen_logps, rejected_logps = logps.chunk(2)

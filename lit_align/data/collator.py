@@ -7,17 +7,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_align.data.packing import pack_pairs
+
 
 class PairCollator:
     """Pads every sequence of a batch to the batch's longest (right padding).
 
     Returns ``input_ids`` and ``attention_mask`` of shape ``(2B, T)`` — rows ``[0:B]`` are the chosen
     sequences (prompt + response), rows ``[B:2B]`` the rejected —, ``response_mask`` ``(2B, T)`` true on
-    response tokens, and ``example_key`` ``(B,)``.
+    response tokens, and ``example_key`` ``(B,)``. With ``pack`` (the default) the batch also carries, under
+    ``packed``, the same pairs laid out prompt-shared and padding-free (:func:`~lit_align.data.packing.pack_pairs`),
+    which the module uses where the model allows it.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, pack: bool = True) -> None:
         self.pad_token_id = pad_token_id
+        self.pack = pack
 
     def __call__(self, pairs: list[dict[str, Any]]) -> dict[str, Tensor]:
         sequences = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs]
@@ -31,9 +36,12 @@ class PairCollator:
             input_ids[row, :end] = torch.tensor(prompt + response, dtype=torch.long)
             attention_mask[row, :end] = 1
             response_mask[row, len(prompt) : end] = True
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "response_mask": response_mask,
             "example_key": torch.tensor([p["example_key"] for p in pairs], dtype=torch.long),
         }
+        if self.pack:
+            batch["packed"] = pack_pairs(pairs, self.pad_token_id)
+        return batch

@@ -10,6 +10,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
+from lit_align.layout import decoder_inputs, response_states
 from lit_align.policy import final_hidden, lm_head
 from lit_align.reference.base import OnlineReference
 from lit_align.sae.hooks import residual_stream
@@ -39,12 +40,13 @@ class DisabledAdapter(OnlineReference):
 
     def final_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, nn.Module]:
         with self._base():
-            hidden = final_hidden(self.policy, batch["input_ids"], batch["attention_mask"])
-        return hidden, lm_head(self.policy)
+            hidden = final_hidden(self.policy, **decoder_inputs(batch, self.policy))
+        return response_states(batch, hidden), lm_head(self.policy)
 
     def residual(self, batch: dict[str, Tensor], layer: int) -> Tensor:
         with self._base():
-            return residual_stream(self.policy, layer, batch["input_ids"], batch["attention_mask"])
+            residual = residual_stream(self.policy, layer, **decoder_inputs(batch, self.policy))
+        return response_states(batch, residual)
 
     @contextmanager
     def _base(self) -> Iterator[None]:

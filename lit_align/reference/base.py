@@ -57,6 +57,11 @@ class ReferenceProvider(ABC):
         shard."""
         return None
 
+    def own_model(self) -> nn.Module | None:
+        """The reference's model when it is not the policy's (a frozen copy), so the module can check that it
+        takes the batch layout the policy takes; ``None`` otherwise."""
+        return None
+
     @abstractmethod
     def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
         """Summed reference log-probs of each response, ``(2B,)`` in the batch's row order."""
@@ -82,12 +87,13 @@ class OnlineReference(ReferenceProvider):
 
     @abstractmethod
     def final_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, nn.Module]:
-        """The reference's final hidden states ``(2B, T, H)`` (no grad) and its LM head."""
+        """The reference's final hidden states (no grad) at the rows of ``batch["input_ids"]``, ``(2B, T, H)``
+        (:func:`lit_align.layout.response_states`), and its LM head."""
 
     @abstractmethod
     def residual(self, batch: dict[str, Tensor], layer: int) -> Tensor:
-        """The reference's residual stream at the output of decoder layer ``layer``, ``(2B, T, H)``, no grad;
-        only layers ``0..layer`` run."""
+        """The reference's residual stream at the output of decoder layer ``layer``, at the rows of
+        ``batch["input_ids"]``, ``(2B, T, H)``, no grad; only layers ``0..layer`` run."""
 
     def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
         hidden, head = self.final_hidden(batch)

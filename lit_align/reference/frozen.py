@@ -13,6 +13,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 
 from lit_align.head import check_output_head
+from lit_align.layout import decoder_inputs, response_states
 from lit_align.paths import absolute_if_local
 from lit_align.policy import DType, PolicySpec, final_hidden, lm_head, load_causal_lm
 from lit_align.reference.base import OnlineReference
@@ -70,6 +71,9 @@ class FrozenCopy(OnlineReference):
     def shard(self, shard_model: Callable[[nn.Module], nn.Module]) -> None:
         self.model = shard_model(self.model).eval()
 
+    def own_model(self) -> nn.Module | None:
+        return self.model
+
     @contextmanager
     def generation_model(self) -> Iterator[nn.Module]:
         yield self.model
@@ -77,16 +81,17 @@ class FrozenCopy(OnlineReference):
     def final_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, nn.Module]:
         model = self._on_device(batch)
         with torch.no_grad():
-            return final_hidden(model, batch["input_ids"], batch["attention_mask"]), lm_head(model)
+            hidden = final_hidden(model, **decoder_inputs(batch, model))
+        return response_states(batch, hidden), lm_head(model)
 
     def residual(self, batch: dict[str, Tensor], layer: int) -> Tensor:
         model = self._on_device(batch)
         with torch.no_grad():
-            return residual_stream(model, layer, batch["input_ids"], batch["attention_mask"])
+            return response_states(batch, residual_stream(model, layer, **decoder_inputs(batch, model)))
 
     def _on_device(self, batch: dict[str, Tensor]) -> nn.Module:
         """The model, moved to the batch's device the first time it is needed there."""
-        device = batch["input_ids"].device
+        device = batch["example_key"].device
         if self.model.device != device:
             self.model.to(device)
         return self.model

@@ -99,7 +99,11 @@ class ResidualCapture:
 
 
 def residual_stream(
-    model: nn.Module, layer: int, input_ids: Tensor, attention_mask: Tensor | None = None
+    model: nn.Module,
+    layer: int,
+    input_ids: Tensor,
+    attention_mask: Tensor | dict[str, Tensor] | None = None,
+    position_ids: Tensor | None = None,
 ) -> Tensor:
     """Output of decoder layer ``layer`` for a batch, running only the layers up to it.
 
@@ -110,5 +114,5 @@ def residual_stream(
     """
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     with ResidualCapture(model, layer, stop=True) as capture:
-        decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     return capture.activations

@@ -1,0 +1,114 @@
+"""The layout a batch's pairs run in — padded, or prompt-shared and padding-free — and what each gives a model.
+
+A collated batch (:class:`~lit_align.data.PairCollator`) carries both layouts; the module picks one per run
+(:func:`packing_obstacle`) and hands the chosen *view* to the policy and the reference alike:
+
+- :func:`padded_view`: today's ``(2B, T)`` rows, chosen then rejected, each with its prompt.
+- :func:`packed_view`: one row ``[prompt | chosen | rejected]`` per pair, all pairs concatenated
+  (:mod:`lit_align.data.packing`); its ``input_ids`` and ``response_mask`` are those of the response grid, so
+  code that reads response positions from ``(input_ids, response_mask)`` works unchanged on
+  :func:`response_states`.
+
+The packed attention mask (``1`` = may attend), for one pair with prompt ``p``, chosen ``c``, rejected ``r``::
+
+           p0 p1 c0 c1 r0 r1
+      p0 [ 1  .  .  .  .  . ]
+      p1 [ 1  1  .  .  .  . ]
+      c0 [ 1  1  1  .  .  . ]
+      c1 [ 1  1  1  1  .  . ]
+      r0 [ 1  1  .  .  1  . ]     rejected tokens see the prompt and themselves, never the chosen
+      r1 [ 1  1  .  .  1  1 ]
+
+and zero between pairs. A sliding window (Mistral, Gemma-2, Qwen2's sliding layers) is applied to position ids,
+``pos_q - pos_k < window``, as the padded layout applies it to indices; the model cannot do that itself, because
+in the packed row a rejected token's index distance to the prompt exceeds its position distance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_align.data.packing import CHOSEN, REJECTED
+
+PACKED = "packed_layout"
+"""The key of a packed view's packed row (its presence marks the view as packed)."""
+MASK_BACKENDS = ("sdpa", "eager")
+"""Attention backends that take a custom 4D mask (SDPA: boolean; eager: additive)."""
+MASK_BY_LAYER_TYPE = {"qwen2", "gemma2"}
+"""Families whose decoder takes one mask per layer type (``{"full_attention": …, "sliding_attention": …}``)."""
+ONE_MASK = {"llama", "mistral"}
+"""Families whose decoder uses one mask for every layer (Mistral's sliding window applied to it here)."""
+
+
+def packing_obstacle(model: nn.Module) -> str | None:
+    """Why ``model`` cannot run the packed layout exactly, or ``None`` when it can."""
+    config = model.config
+    family = config.model_type
+    if family not in MASK_BY_LAYER_TYPE | ONE_MASK:
+        return f"the packed layout is verified for {sorted(MASK_BY_LAYER_TYPE | ONE_MASK)}, not {family!r}"
+    backend = config._attn_implementation
+    if backend not in MASK_BACKENDS:
+        return f"attention backend {backend!r} takes no custom 4D mask (packing runs on {list(MASK_BACKENDS)})"
+    return None
+
+
+def padded_view(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch in the padded layout."""
+    return {name: value for name, value in batch.items() if name != "packed"}
+
+
+def packed_view(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch in the packed layout: ``input_ids`` and ``response_mask`` of the response grid, the row apart."""
+    packed = batch["packed"]
+    return {"example_key": batch["example_key"], "input_ids": packed["response_ids"],
+            "response_mask": packed["response_mask"], PACKED: packed}
+
+
+def decoder_inputs(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Keyword arguments for ``model``'s decoder on ``batch``'s view: ids, attention mask(s), position ids."""
+    packed = batch.get(PACKED)
+    if packed is None:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    return {"input_ids": packed["input_ids"], "attention_mask": attention_masks(packed, model),
+            "position_ids": packed["position_ids"]}
+
+
+def response_states(batch: dict[str, Any], states: Tensor) -> Tensor:
+    """Per-token states (hidden, residual) of the model inputs, arranged as ``batch["input_ids"]``: as they are
+    for a padded view, gathered at the response grid, ``(2B, W, H)``, for a packed one."""
+    packed = batch.get(PACKED)
+    return states if packed is None else states[0][packed["grid"]]
+
+
+def attention_masks(packed: dict[str, Tensor], model: nn.Module) -> Tensor | dict[str, Tensor]:
+    """The packed row's 4D mask for ``model``: one tensor, or one per layer type for the families that take that."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    if config.model_type in MASK_BY_LAYER_TYPE:
+        return {kind: _backend_mask(pair_mask(packed, window if kind == "sliding_attention" else None), model)
+                for kind in set(config.layer_types)}
+    return _backend_mask(pair_mask(packed, window), model)
+
+
+def pair_mask(packed: dict[str, Tensor], window: int | None = None) -> Tensor:
+    """``(1, 1, N, N)`` boolean mask of the packed row, true where query token ``q`` may attend to key ``k``:
+    same pair, ``k`` not after ``q``, not a rejected query on a chosen key, and within ``window`` positions."""
+    pair, part, position = packed["pair_index"][0], packed["part"][0], packed["position_ids"][0]
+    index = torch.arange(len(pair), device=pair.device)
+    allowed = (pair[:, None] == pair[None, :]) & (index[None, :] <= index[:, None])
+    allowed &= ~((part[:, None] == REJECTED) & (part[None, :] == CHOSEN))
+    if window is not None:
+        allowed &= position[None, :] > position[:, None] - window
+    return allowed[None, None]
+
+
+def _backend_mask(allowed: Tensor, model: nn.Module) -> Tensor:
+    """SDPA takes the boolean mask; eager attention adds it to the scores (0 or the dtype's minimum)."""
+    if model.config._attn_implementation == "sdpa":
+        return allowed
+    dtype = model.dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
+                                                                                        torch.finfo(dtype).min)
