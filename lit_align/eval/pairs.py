@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 from lit_align.objectives.base import ObjectiveOutput, PreferenceInputs
@@ -55,7 +56,7 @@ def pair_statistics(module, batches: Iterable[dict[str, Tensor]]) -> PairStatist
     margins, chosen_kl, rejected_kl = [], [], []
     try:
         for batch in batches:
-            batch = {name: value.to(module.device) for name, value in batch.items()}
+            batch = move_data_to_device(batch, module.device)
             output, seq_kl = _pair_pass(module, batch, online)
             margins.append((output.chosen_rewards - output.rejected_rewards).float().cpu())
             if seq_kl is not None:
