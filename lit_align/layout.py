@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_align.data.packing import CHOSEN, REJECTED
@@ -53,6 +54,15 @@ def packing_obstacle(model: nn.Module) -> str | None:
     if backend not in MASK_BACKENDS:
         return f"attention backend {backend!r} takes no custom 4D mask (packing runs on {list(MASK_BACKENDS)})"
     return None
+
+
+def takes_packing(*models: nn.Module | None) -> bool:
+    """Whether every model given takes the packed layout; when one cannot, say why (once per call)."""
+    obstacles = [packing_obstacle(model) for model in models if model is not None]
+    obstacle = next((reason for reason in obstacles if reason is not None), None)
+    if obstacle is not None:
+        rank_zero_warn(f"pairs run in the padded layout: {obstacle}")
+    return obstacle is None
 
 
 def padded_view(batch: dict[str, Any]) -> dict[str, Any]:

@@ -19,11 +19,10 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.strategies import FSDPStrategy
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lit_align.layout import decoder_inputs, packed_view, packing_obstacle, padded_view, response_states
+from lit_align.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs
@@ -197,14 +196,10 @@ class AlignmentModule(L.LightningModule):
         """``batch`` in the layout this run uses: packed where policy and reference take it, else padded."""
         if "packed" not in batch:
             return batch
-        key = id(self.reference)
+        key = id(self.reference)  # precompute swaps the store for its source
         if key not in self._packs:
-            models = [self.policy, self.reference.own_model() if self.reference is not None else None]
-            obstacles = [packing_obstacle(model) for model in models if model is not None]
-            obstacle = next((reason for reason in obstacles if reason is not None), None)
-            if self.packing and obstacle is not None:
-                rank_zero_warn(f"pairs run in the padded layout: {obstacle}")
-            self._packs[key] = self.packing and obstacle is None
+            reference = self.reference.own_model() if self.reference is not None else None
+            self._packs[key] = self.packing and takes_packing(self.policy, reference)
         return packed_view(batch) if self._packs[key] else padded_view(batch)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
