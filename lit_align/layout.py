@@ -26,18 +26,21 @@ in the packed row a rejected token's index distance to the prompt exceeds its po
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 from lit_align.data.packing import CHOSEN, REJECTED
 
 PACKED = "packed_layout"
 """The key of a packed view's packed row (its presence marks the view as packed)."""
-MASK_BACKENDS = ("sdpa", "eager")
-"""Attention backends that take a custom 4D mask (SDPA: boolean; eager: additive)."""
+MASK_BACKENDS = ("sdpa", "eager", "flex_attention")
+"""Attention backends that take a custom mask: SDPA a boolean 4D mask, eager an additive one, FlexAttention a
+``BlockMask`` (which skips the blocks that are masked out entirely: other pairs, the rejected-on-chosen block)."""
 MASK_BY_LAYER_TYPE = {"qwen2", "gemma2"}
 """Families whose decoder takes one mask per layer type (``{"full_attention": …, "sliding_attention": …}``)."""
 ONE_MASK = {"llama", "mistral"}
@@ -93,31 +96,45 @@ def response_states(batch: dict[str, Any], states: Tensor) -> Tensor:
     return states if packed is None else states[0][packed["grid"]]
 
 
-def attention_masks(packed: dict[str, Tensor], model: nn.Module) -> Tensor | dict[str, Tensor]:
+def attention_masks(packed: dict[str, Tensor], model: nn.Module) -> Tensor | BlockMask | dict[str, Any]:
     """The packed row's 4D mask for ``model``: one tensor, or one per layer type for the families that take that."""
     config = model.config
     window = getattr(config, "sliding_window", None)
     if config.model_type in MASK_BY_LAYER_TYPE:
-        return {kind: _backend_mask(pair_mask(packed, window if kind == "sliding_attention" else None), model)
+        return {kind: _backend_mask(packed, window if kind == "sliding_attention" else None, model)
                 for kind in set(config.layer_types)}
-    return _backend_mask(pair_mask(packed, window), model)
+    return _backend_mask(packed, window, model)
+
+
+def pair_rule(packed: dict[str, Tensor], window: int | None = None) -> Callable[..., Tensor]:
+    """The packed row's mask as a FlexAttention ``mask_mod``: query token ``q`` may attend to key ``k`` when they
+    belong to the same pair, ``k`` is not after ``q``, ``q`` is not rejected while ``k`` is chosen, and (with a
+    ``window``) ``k`` lies less than ``window`` positions before ``q``."""
+    pair, part, position = packed["pair_index"][0], packed["part"][0], packed["position_ids"][0]
+
+    def visible(batch: Tensor, head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+        allowed = (pair[query] == pair[key]) & (key <= query) & ~((part[query] == REJECTED) & (part[key] == CHOSEN))
+        return allowed if window is None else allowed & (position[key] > position[query] - window)
+
+    return visible
 
 
 def pair_mask(packed: dict[str, Tensor], window: int | None = None) -> Tensor:
-    """``(1, 1, N, N)`` boolean mask of the packed row, true where query token ``q`` may attend to key ``k``:
-    same pair, ``k`` not after ``q``, not a rejected query on a chosen key, and within ``window`` positions."""
-    pair, part, position = packed["pair_index"][0], packed["part"][0], packed["position_ids"][0]
-    index = torch.arange(len(pair), device=pair.device)
-    allowed = (pair[:, None] == pair[None, :]) & (index[None, :] <= index[:, None])
-    allowed &= ~((part[:, None] == REJECTED) & (part[None, :] == CHOSEN))
-    if window is not None:
-        allowed &= position[None, :] > position[:, None] - window
-    return allowed[None, None]
+    """``(1, 1, N, N)`` boolean mask of the packed row (:func:`pair_rule` on every query-key pair)."""
+    index = torch.arange(packed["pair_index"].shape[1], device=packed["pair_index"].device)
+    return pair_rule(packed, window)(0, 0, index[:, None], index[None, :])[None, None]
 
 
-def _backend_mask(allowed: Tensor, model: nn.Module) -> Tensor:
-    """SDPA takes the boolean mask; eager attention adds it to the scores (0 or the dtype's minimum)."""
-    if model.config._attn_implementation == "sdpa":
+def _backend_mask(packed: dict[str, Tensor], window: int | None, model: nn.Module) -> Tensor | BlockMask:
+    """SDPA takes the boolean mask, eager attention adds it to the scores (0 or the dtype's minimum),
+    FlexAttention takes it as a ``BlockMask``."""
+    backend = model.config._attn_implementation
+    if backend == "flex_attention":
+        length = packed["pair_index"].shape[1]
+        return create_block_mask(pair_rule(packed, window), None, None, length, length,
+                                 device=packed["pair_index"].device)
+    allowed = pair_mask(packed, window)
+    if backend == "sdpa":
         return allowed
     dtype = model.dtype
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,

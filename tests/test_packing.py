@@ -7,10 +7,13 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
 
 from lit_align.data.collator import PairCollator
 from lit_align.data.packing import pack_pairs
-from lit_align.layout import pair_mask
+from lit_align.layout import pair_mask, pair_rule
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO, FDPO, FPO, SFT, TDPO, Mixture, PairwiseObjective, SimPO
 from lit_align.objectives.shapes import LOSS_SHAPES
@@ -72,6 +75,20 @@ def test_packed_row_positions_and_mask():
     assert packed["response_ids"].tolist() == [[11, 20, 21], [12, 20, 21], [11, 30, 31], [12, 30, 31]]
 
 
+def test_flex_block_mask_is_the_sdpa_mask():
+    packed = PairCollator(pad_token_id=0)(PAIRS)["packed"]
+    length = packed["pair_index"].shape[1]
+    for window in (None, 4):
+        rule, dense = pair_rule(packed, window), pair_mask(packed, window)
+        assert torch.equal(create_mask(rule, 1, 1, length, length, device="cpu"), dense)
+        query, key, value = torch.randn(3, 1, 2, length, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # uncompiled FlexAttention (slow, exact) is fine for 67 tokens
+            flex = flex_attention(query, key, value,
+                                  block_mask=create_block_mask(rule, None, None, length, length, device="cpu"))
+        torch.testing.assert_close(flex, F.scaled_dot_product_attention(query, key, value, attn_mask=dense))
+
+
 def _inputs(module: AlignmentModule, batch: dict, packing: bool):
     module.packing, module._packs = packing, {}
     inputs = module.preference_inputs(batch)
@@ -129,6 +146,17 @@ def test_gradients_and_precompute_equal_the_padded_layout(tmp_path):
         columns.append(module.predict_step(batch, 0))
     for name, value in columns[1].items():
         torch.testing.assert_close(columns[0][name], value, rtol=0, atol=TOLERANCE, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention runs compiled on GPU")
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_flex_attention_equals_the_padded_layout_on_gpu(family):
+    spec = PolicySpec(config=dict(model_type=family, **TINY, **FAMILIES[family]),
+                      extra={"attn_implementation": "flex_attention"})
+    module = built(AlignmentModule(TDPO(), spec)).cuda()
+    perturb(module)
+    batch = move_data_to_device(PairCollator(pad_token_id=0)(PAIRS), "cuda")
+    _assert_same_inputs(_inputs(module, batch, packing=True), _inputs(module, batch, packing=False))
 
 
 def test_an_unverified_family_runs_padded_and_says_so_once():
