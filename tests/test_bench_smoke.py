@@ -21,7 +21,7 @@ NO_TRL = "trl is not installed: pip install -e '.[bench]' to benchmark against T
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "summary.json"
-    arms = ["plain", "lit-align"] + (["trl"] if HAS_TRL else [])
+    arms = ["plain", "lit-align", "lit-align-padded"] + (["trl"] if HAS_TRL else [])
     done = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--data", str(HH_FILE), "--out", str(out), "--arms", *arms],
         capture_output=True, text=True, timeout=240,
@@ -39,6 +39,16 @@ def test_plain_and_lit_align_train_the_same_batches_to_the_same_numbers(quick):
     assert lit["first"][0]["loss"] == pytest.approx(0.6931472, abs=1e-6)  # policy = reference at step 0: ln 2
     assert lit["steps"] == plain["steps"] == 2 and lit["tokens_per_s"] > 0 and lit["peak_rss_mib"] > 0
     assert "| lit-align |" in stdout and "lit-align vs plain: largest difference" in stdout
+
+
+def test_packed_and_padded_arms_agree_and_packing_computes_fewer_positions(quick):
+    summary, stdout = quick
+    packed, padded = summary["lit-align"], summary["lit-align-padded"]
+    assert packed["hashes"] == padded["hashes"]
+    for ours, theirs in zip(packed["first"], padded["first"], strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    assert packed["positions_per_token"] < 1 < padded["positions_per_token"]  # prompts once, no padding
+    assert "| lit-align-padded |" in stdout
 
 
 @pytest.mark.skipif(not HAS_TRL, reason=NO_TRL)

@@ -15,10 +15,18 @@ from the end of the previous one to its own end (data loading, logging and optim
 - ``plain``: ``model.model(...)`` hidden states, response positions through the LM head, ``gather - logsumexp``,
   reference forward under ``no_grad``, the DPO loss, ``AdamW``; nothing else.
 - ``lit-align``: ``AlignmentModule(DPO)`` + ``PreferenceDataModule`` + ``AlignmentTrainer``, with what a user
-  gets by default (TensorBoard logger, progress bar, non-finite step guard); checkpointing off.
-- ``lit-align-offline``: the same with ``OfflineStore`` (filled once by ``AlignmentTrainer.precompute``, timed).
-- ``lit-align-grouped``: the same with length-grouped batches (``PreferenceDataModule(group_by_length=...)``),
-  and ``plain-grouped``, the floor on those same batches.
+  gets by default (prompt-shared, padding-free pairs; TensorBoard logger, progress bar, non-finite step guard);
+  checkpointing off. ``lit-align-padded``: the same in the padded layout (``AlignmentModule(packing=False)``),
+  lit-align before prompt sharing.
+- ``lit-align-offline`` (``-padded``): the same with ``OfflineStore`` (filled once by
+  ``AlignmentTrainer.precompute``, timed).
+- ``lit-align-grouped`` (``-padded``): the same with length-grouped batches
+  (``PreferenceDataModule(group_by_length=...)``), and ``plain-grouped``, the floor on those same batches.
+
+Every arm counts the same tokens: each pair's prompt + chosen and prompt + rejected, padding excluded (a packed
+arm computes each prompt once, yet is credited with it twice, so all arms are measured on the same work). The
+``positions/token`` column is what an arm computes per counted token: its padded (or packed) batch size over the
+tokens.
 - ``trl``: ``DPOTrainer`` at matched settings: fp32, no gradient checkpointing, ``adamw_torch``, constant
   learning rate, no gradient clipping, no checkpoint saving.
 - ``trl-defaults``: ``DPOTrainer`` as a user meets it (bf16 autocast, gradient checkpointing, fused AdamW,
@@ -53,7 +61,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-ARMS = ("plain", "lit-align", "trl", "trl-defaults", "lit-align-offline", "lit-align-grouped", "plain-grouped")
+ARMS = ("plain", "lit-align", "lit-align-padded", "trl", "trl-defaults", "lit-align-offline",
+        "lit-align-offline-padded", "lit-align-grouped", "lit-align-grouped-padded", "plain-grouped")
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
 TRL_SETTINGS = ("bf16", "gradient_checkpointing", "optim", "max_grad_norm", "lr_scheduler_type", "learning_rate",
                 "beta")
@@ -188,7 +197,7 @@ def peak_rss_mib() -> float:
 
 
 class StepLog:
-    """What an arm records: per-step wall and CPU time (all threads of the process), non-pad and padded tokens,
+    """What an arm records: per-step wall and CPU time (all threads of the process), non-pad and computed tokens,
     the first steps' loss and metrics, and a hash of the first batches (to show all arms train on the same ones)."""
 
     def __init__(self) -> None:
@@ -200,10 +209,11 @@ class StepLog:
         self.hashes: list[str] = []
         self.last: tuple[float, float] | None = None
 
-    def batch(self, input_ids, attention_mask) -> None:
-        """Record a batch (no host sync: the token count stays a tensor until the end)."""
+    def batch(self, input_ids, attention_mask, computed=None) -> None:
+        """Record a batch (no host sync: the token count stays a tensor until the end); ``computed`` is the model
+        input actually run, when it is not ``input_ids`` (the packed row)."""
         self.tokens.append(attention_mask.sum())
-        self.padded.append(input_ids.numel())
+        self.padded.append((input_ids if computed is None else computed).numel())
         if len(self.hashes) < RECORDED_STEPS:
             self.hashes.append(hashlib.blake2b(input_ids.cpu().numpy().tobytes(), digest_size=8).hexdigest())
 
@@ -288,6 +298,7 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
     from lightning.pytorch.callbacks import Callback
 
     from lit_align.data import PreferenceDataModule
+    from lit_align.layout import PACKED
     from lit_align.module import AlignmentModule
     from lit_align.objectives import DPO
     from lit_align.policy import PolicySpec
@@ -304,7 +315,9 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
             if 0 < batch_idx <= RECORDED_STEPS:  # the previous step's logged values (updated after its batch end)
                 log.first.append(step_metrics(trainer))
                 log.restart()
-            log.batch(batch["input_ids"], batch["attention_mask"])
+            view = pl_module.pair_view(batch)  # the layout the step runs in
+            computed = view[PACKED]["input_ids"] if PACKED in view else None
+            log.batch(batch["input_ids"], batch["attention_mask"], computed)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             log.tick()
@@ -316,7 +329,8 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
     offline = spec["reference"] == "offline"
     reference = OfflineStore(spec["store"]) if offline else FrozenCopy()
     module = AlignmentModule(DPO(beta=spec["beta"]), PolicySpec(path=spec["model"]), reference=reference,
-                             optimizer=partial(torch.optim.AdamW, lr=spec["lr"], weight_decay=0.0))
+                             optimizer=partial(torch.optim.AdamW, lr=spec["lr"], weight_decay=0.0),
+                             packing=spec["packing"])
     data = PreferenceDataModule(**spec["data"])
     accelerator = "cpu" if spec["device"] == "cpu" else "gpu"
     trainer = AlignmentTrainer(max_steps=spec["total_steps"], accelerator=accelerator, devices=1,
@@ -392,7 +406,7 @@ def child(spec_path: str) -> None:
 
 
 def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int) -> dict[str, Any]:
-    grouped = arm.endswith("grouped")
+    grouped = "grouped" in arm
     order = workdir / f"order-{'grouped' if grouped else 'random'}.jsonl"
     name = f"{arm}-{round_index}"
     spec = dict(arm=arm, kind=arm.split("-")[0], device=args.device,
@@ -401,7 +415,8 @@ def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int
                 seed=args.seed, total_steps=args.warmup + args.steps, root=str(workdir / "runs" / name),
                 result=str(workdir / "results" / f"{name}.json"), log=str(workdir / "logs" / f"{name}.log"),
                 reference="offline" if "offline" in arm else "online", store=str(workdir / "store"),
-                defaults=arm == "trl-defaults", data=lit_data_settings(args, workdir, grouped))
+                defaults=arm == "trl-defaults", packing=not arm.endswith("padded"),
+                data=lit_data_settings(args, workdir, grouped))
     return spec
 
 
@@ -423,9 +438,9 @@ def launch(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     """Medians: seconds per step (wall and CPU) over all timed steps of all rounds; tokens/s (non-pad tokens over
-    wall seconds) and tokens per CPU-second per round, median over rounds; the padding share; the peak RSS (the
-    largest over rounds)."""
-    times, cpu_times, rates, cpu_rates, pad_share = [], [], [], [], []
+    wall seconds) and tokens per CPU-second per round, median over rounds; computed positions per token; the peak
+    RSS (the largest over rounds)."""
+    times, cpu_times, rates, cpu_rates, positions = [], [], [], [], []
     for run in runs:
         timed = slice(warmup, None)
         tokens, padded = run["tokens"][timed], run["padded"][timed]
@@ -433,10 +448,10 @@ def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         cpu_times += run["cpu_times"][timed]
         rates.append(sum(tokens) / sum(run["times"][timed]))
         cpu_rates.append(sum(tokens) / sum(run["cpu_times"][timed]))
-        pad_share.append(1 - sum(tokens) / sum(padded))
+        positions.append(sum(padded) / sum(tokens))
     return {"s_per_step": statistics.median(times), "cpu_s_per_step": statistics.median(cpu_times),
             "tokens_per_s": statistics.median(rates), "tokens_per_cpu_s": statistics.median(cpu_rates),
-            "padding": statistics.median(pad_share), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "positions_per_token": statistics.median(positions), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
             "rounds": len(runs), "steps": len(times), "first": runs[0]["first"], "hashes": runs[0]["hashes"],
             "settings": runs[0].get("settings")}
 
@@ -445,13 +460,14 @@ def print_report(summary: dict[str, dict[str, Any]], info: dict[str, Any], args:
     print(f"\nMedians over {args.steps} timed steps x {args.rounds} rounds after {args.warmup} warm-up steps. "
           "tokens/s: non-pad tokens (chosen + rejected) per wall second; CPU s/step and tokens/CPU-s: process CPU "
           "time (all threads), less sensitive to other load on the machine. Ratios: tokens/s (tokens/CPU-s).")
-    header = "| arm | tokens/s | s/step | CPU s/step | tokens/CPU-s | padding | peak RSS MiB | vs trl | vs plain |"
+    header = ("| arm | tokens/s | s/step | CPU s/step | tokens/CPU-s | positions/token | peak RSS MiB | vs trl | "
+              "vs lit-align-padded | vs plain |")
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     for arm, s in summary.items():
-        floor = summary.get("plain-grouped" if arm.endswith("grouped") else "plain")
+        floor = summary.get("plain-grouped" if "grouped" in arm else "plain")
         print(f"| {arm} | {s['tokens_per_s']:.0f} | {s['s_per_step']:.2f} | {s['cpu_s_per_step']:.2f} | "
-              f"{s['tokens_per_cpu_s']:.0f} | {s['padding']:.0%} | {s['peak_rss_mib']:.0f} | "
-              f"{ratio(s, summary.get('trl'))} | {ratio(s, floor)} |")
+              f"{s['tokens_per_cpu_s']:.0f} | {s['positions_per_token']:.2f} | {s['peak_rss_mib']:.0f} | "
+              f"{ratio(s, summary.get('trl'))} | {ratio(s, summary.get('lit-align-padded'))} | {ratio(s, floor)} |")
     if "lit-align-offline" in summary and "lit-align" in summary:
         offline, online = summary["lit-align-offline"], summary["lit-align"]
         print(f"\noffline store step time / online step time: {offline['s_per_step'] / online['s_per_step']:.2f} "
@@ -469,7 +485,7 @@ def print_agreement(summary: dict[str, dict[str, Any]]) -> None:
     """The first steps' loss and metrics of every arm, and lit-align's largest difference from TRL and plain
     (absolute, relative for values above 1 in magnitude: summed log-probs of ~100 tokens carry fp32 rounding)."""
     print("\nFirst two steps (same weights, same batches): loss and metrics per arm")
-    same = {arm: s["hashes"] for arm, s in summary.items() if not arm.endswith("grouped")}
+    same = {arm: s["hashes"] for arm, s in summary.items() if "grouped" not in arm}
     print(f"batches identical across {sorted(same)}: {len({tuple(h) for h in same.values()}) == 1}")
     print("| arm | step | " + " | ".join(METRICS) + " |\n|" + "---|" * (len(METRICS) + 2))
     for arm, s in summary.items():
@@ -521,7 +537,7 @@ def main() -> None:
         args.max_length, args.max_prompt_length = 256, 192
         args.threads = args.threads or 1  # tiny steps: one thread avoids stalls when other jobs share the cores
         if args.arms == list(ARMS):
-            args.arms = ["plain", "lit-align", "trl"]
+            args.arms = ["plain", "lit-align", "lit-align-padded", "trl"]
     if args.warmup < RECORDED_STEPS:
         parser.error(f"--warmup must be at least {RECORDED_STEPS}")
     if importlib.util.find_spec("trl") is None:
