@@ -93,7 +93,7 @@ def response_states(batch: dict[str, Any], states: Tensor) -> Tensor:
     """Per-token states (hidden, residual) of the model inputs, arranged as ``batch["input_ids"]``: as they are
     for a padded view, gathered at the response grid, ``(2B, W, H)``, for a packed one."""
     packed = batch.get(PACKED)
-    return states if packed is None else states[0][packed["grid"]]
+    return states if packed is None else states.flatten(0, 1)[packed["grid"]]
 
 
 def attention_masks(packed: dict[str, Tensor], model: nn.Module) -> Tensor | BlockMask | dict[str, Any]:
@@ -110,19 +110,23 @@ def pair_rule(packed: dict[str, Tensor], window: int | None = None) -> Callable[
     """The packed row's mask as a FlexAttention ``mask_mod``: query token ``q`` may attend to key ``k`` when they
     belong to the same pair, ``k`` is not after ``q``, ``q`` is not rejected while ``k`` is chosen, and (with a
     ``window``) ``k`` lies less than ``window`` positions before ``q``."""
-    pair, part, position = packed["pair_index"][0], packed["part"][0], packed["position_ids"][0]
+    pair, part, position = packed["pair_index"], packed["part"], packed["position_ids"]
 
-    def visible(batch: Tensor, head: Tensor, query: Tensor, key: Tensor) -> Tensor:
-        allowed = (pair[query] == pair[key]) & (key <= query) & ~((part[query] == REJECTED) & (part[key] == CHOSEN))
-        return allowed if window is None else allowed & (position[key] > position[query] - window)
+    def visible(row: Tensor, head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+        allowed = (pair[row, query] == pair[row, key]) & (key <= query)
+        allowed = allowed & ~((part[row, query] == REJECTED) & (part[row, key] == CHOSEN))
+        return allowed if window is None else allowed & (position[row, key] > position[row, query] - window)
 
     return visible
 
 
 def pair_mask(packed: dict[str, Tensor], window: int | None = None) -> Tensor:
-    """``(1, 1, N, N)`` boolean mask of the packed row (:func:`pair_rule` on every query-key pair)."""
-    index = torch.arange(packed["pair_index"].shape[1], device=packed["pair_index"].device)
-    return pair_rule(packed, window)(0, 0, index[:, None], index[None, :])[None, None]
+    """``(R, 1, L, L)`` boolean mask of the packed rows (:func:`pair_rule` on every query-key pair)."""
+    rows, length = packed["pair_index"].shape
+    device = packed["pair_index"].device
+    index = torch.arange(length, device=device)
+    row = torch.arange(rows, device=device)[:, None, None]
+    return pair_rule(packed, window)(row, 0, index[None, :, None], index[None, None, :])[:, None]
 
 
 def _backend_mask(packed: dict[str, Tensor], window: int | None, model: nn.Module) -> Tensor | BlockMask:
@@ -130,8 +134,8 @@ def _backend_mask(packed: dict[str, Tensor], window: int | None, model: nn.Modul
     FlexAttention takes it as a ``BlockMask``."""
     backend = model.config._attn_implementation
     if backend == "flex_attention":
-        length = packed["pair_index"].shape[1]
-        return create_block_mask(pair_rule(packed, window), None, None, length, length,
+        rows, length = packed["pair_index"].shape
+        return create_block_mask(pair_rule(packed, window), rows, None, length, length,
                                  device=packed["pair_index"].device)
     allowed = pair_mask(packed, window)
     if backend == "sdpa":

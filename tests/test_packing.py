@@ -75,17 +75,31 @@ def test_packed_row_positions_and_mask():
     assert packed["response_ids"].tolist() == [[11, 20, 21], [12, 20, 21], [11, 30, 31], [12, 30, 31]]
 
 
+def test_rows_are_balanced_and_padding_attends_only_to_padding():
+    packed = pack_pairs(PAIRS, pad_token_id=0, row_tokens=24)  # 21 + 16 + 22 + 8 = 67 tokens: 3 rows
+    assert packed["input_ids"].shape == (3, 24)
+    assert sorted(packed["pair_index"].unique().tolist()) == [-1, 0, 1, 2, 3]
+    mask, padding = pair_mask(packed)[:, 0], packed["pair_index"] == -1
+    assert mask.diagonal(dim1=1, dim2=2).all()  # every query sees at least itself (no all-masked softmax rows)
+    assert not (mask & (padding[:, :, None] != padding[:, None, :])).any()
+    flat = packed["input_ids"].flatten()
+    for row, pair in enumerate(PAIRS + PAIRS):
+        response = pair["chosen_ids" if row < len(PAIRS) else "rejected_ids"]
+        assert flat[packed["grid"][row][packed["response_mask"][row]]].tolist() == response
+
+
 def test_flex_block_mask_is_the_sdpa_mask():
-    packed = PairCollator(pad_token_id=0)(PAIRS)["packed"]
-    length = packed["pair_index"].shape[1]
+    packed = pack_pairs(PAIRS, pad_token_id=0, row_tokens=40)
+    rows, length = packed["pair_index"].shape
     for window in (None, 4):
         rule, dense = pair_rule(packed, window), pair_mask(packed, window)
-        assert torch.equal(create_mask(rule, 1, 1, length, length, device="cpu"), dense)
-        query, key, value = torch.randn(3, 1, 2, length, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
+        assert torch.equal(create_mask(rule, rows, 1, length, length, device="cpu"), dense)
+        shape = (3, rows, 2, length, 8)
+        query, key, value = torch.randn(shape, generator=torch.Generator().manual_seed(0)).unbind(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # uncompiled FlexAttention (slow, exact) is fine for 67 tokens
             flex = flex_attention(query, key, value,
-                                  block_mask=create_block_mask(rule, None, None, length, length, device="cpu"))
+                                  block_mask=create_block_mask(rule, rows, None, length, length, device="cpu"))
         torch.testing.assert_close(flex, F.scaled_dot_product_attention(query, key, value, attn_mask=dense))
 
 
@@ -117,7 +131,7 @@ def test_per_pair_results_equal_the_padded_layout(tmp_path, family, lora, backen
     module = built(AlignmentModule(Mixture([TDPO(), FPO(sae, top_k=TOP_K)]), spec))
     assert isinstance(module.reference, DisabledAdapter if lora else FrozenCopy)
     perturb(module)
-    batch = PairCollator(pad_token_id=0)(PAIRS)
+    batch = PairCollator(pad_token_id=0, row_tokens=24 if lora else None)(PAIRS)  # 3 rows or 1
     packed, padded = _inputs(module, batch, packing=True), _inputs(module, batch, packing=False)
     _assert_same_inputs(packed, padded)
     for objective in objectives(sae):  # relative: squared shapes (IPO, SPPO) reach losses of ~50 in fp32

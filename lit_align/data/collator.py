@@ -17,12 +17,14 @@ class PairCollator:
     sequences (prompt + response), rows ``[B:2B]`` the rejected —, ``response_mask`` ``(2B, T)`` true on
     response tokens, and ``example_key`` ``(B,)``. With ``pack`` (the default) the batch also carries, under
     ``packed``, the same pairs laid out prompt-shared and padding-free (:func:`~lit_align.data.packing.pack_pairs`),
-    which the module uses where the model allows it.
+    which the module uses where the model allows it; ``row_tokens`` shares them out between rows of about that
+    many tokens.
     """
 
-    def __init__(self, pad_token_id: int, pack: bool = True) -> None:
+    def __init__(self, pad_token_id: int, pack: bool = True, row_tokens: int | None = None) -> None:
         self.pad_token_id = pad_token_id
         self.pack = pack
+        self.row_tokens = row_tokens
 
     def __call__(self, pairs: list[dict[str, Any]]) -> dict[str, Tensor]:
         sequences = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs]
@@ -43,5 +45,5 @@ class PairCollator:
             "example_key": torch.tensor([p["example_key"] for p in pairs], dtype=torch.long),
         }
         if self.pack:
-            batch["packed"] = pack_pairs(pairs, self.pad_token_id)
+            batch["packed"] = pack_pairs(pairs, self.pad_token_id, self.row_tokens)
         return batch

@@ -74,6 +74,10 @@ class PreferenceDataModule(L.LightningDataModule):
         chat_template: a Jinja chat template (the string, or a file holding it) replacing the tokenizer's.
         system_prompt: a system message put first in conversations that have none.
         num_proc: processes tokenising (``datasets.map``); unset tokenises in this process.
+        pack_row_tokens: about how many tokens a row of the prompt-shared, padding-free layout holds
+            (:mod:`lit_align.data.packing`; the module runs it with ``AlignmentModule(packing=True)``): a batch's
+            pairs go into ``ceil(tokens / pack_row_tokens)`` nearly equal rows, so that attention, whose cost per
+            token grows with the row, stays cheap; ``None`` puts every batch in one row.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class PreferenceDataModule(L.LightningDataModule):
         chat_template: str | None = None,
         system_prompt: str | None = None,
         num_proc: PositiveInt | None = None,
+        pack_row_tokens: PositiveInt | None = 512,
     ) -> None:
         super().__init__()
         require_counts(**{"data.batch_size": batch_size, "data.eval_batch_size": eval_batch_size})
@@ -191,7 +196,7 @@ class PreferenceDataModule(L.LightningDataModule):
             split,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=PairCollator(self.pad_token_id),
+            collate_fn=PairCollator(self.pad_token_id, row_tokens=self.hparams.pack_row_tokens),
             num_workers=self.hparams.num_workers,
         )
 
