@@ -4,9 +4,9 @@ A collated batch (:class:`~lit_align.data.PairCollator`) carries both layouts; t
 (:func:`packing_obstacle`) and hands the chosen *view* to the policy and the reference alike:
 
 - :func:`padded_view`: today's ``(2B, T)`` rows, chosen then rejected, each with its prompt.
-- :func:`packed_view`: one row ``[prompt | chosen | rejected]`` per pair, all pairs concatenated
-  (:mod:`lit_align.data.packing`); its ``input_ids`` and ``response_mask`` are those of the response grid, so
-  code that reads response positions from ``(input_ids, response_mask)`` works unchanged on
+- :func:`packed_view`: each pair once as ``[prompt | chosen | rejected]``, the pairs concatenated into a few
+  rows (:mod:`lit_align.data.packing`); its ``input_ids`` and ``response_mask`` are those of the response grid,
+  so code that reads response positions from ``(input_ids, response_mask)`` works unchanged on
   :func:`response_states`.
 
 The packed attention mask (``1`` = may attend), for one pair with prompt ``p``, chosen ``c``, rejected ``r``::
@@ -19,7 +19,8 @@ The packed attention mask (``1`` = may attend), for one pair with prompt ``p``, 
       r0 [ 1  1  .  .  1  . ]     rejected tokens see the prompt and themselves, never the chosen
       r1 [ 1  1  .  .  1  1 ]
 
-and zero between pairs. A sliding window (Mistral, Gemma-2, Qwen2's sliding layers) is applied to position ids,
+and zero between pairs (and between padding and the rest; padding sees only earlier padding of its row, so no
+softmax row is empty). A sliding window (Mistral, Gemma-2, Qwen2's sliding layers) is applied to position ids,
 ``pos_q - pos_k < window``, as the padded layout applies it to indices; the model cannot do that itself, because
 in the packed row a rejected token's index distance to the prompt exceeds its position distance.
 """
@@ -37,7 +38,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from lit_align.data.packing import CHOSEN, REJECTED
 
 PACKED = "packed_layout"
-"""The key of a packed view's packed row (its presence marks the view as packed)."""
+"""The key of a packed view's rows (its presence marks the view as packed)."""
 MASK_BACKENDS = ("sdpa", "eager", "flex_attention")
 """Attention backends that take a custom mask: SDPA a boolean 4D mask, eager an additive one, FlexAttention a
 ``BlockMask`` (which skips the blocks that are masked out entirely: other pairs, the rejected-on-chosen block)."""
@@ -74,7 +75,7 @@ def padded_view(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def packed_view(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch in the packed layout: ``input_ids`` and ``response_mask`` of the response grid, the row apart."""
+    """The batch in the packed layout: ``input_ids`` and ``response_mask`` of the response grid, the rows apart."""
     packed = batch["packed"]
     return {"example_key": batch["example_key"], "input_ids": packed["response_ids"],
             "response_mask": packed["response_mask"], PACKED: packed}
@@ -97,7 +98,7 @@ def response_states(batch: dict[str, Any], states: Tensor) -> Tensor:
 
 
 def attention_masks(packed: dict[str, Tensor], model: nn.Module) -> Tensor | BlockMask | dict[str, Any]:
-    """The packed row's 4D mask for ``model``: one tensor, or one per layer type for the families that take that."""
+    """The packed rows' 4D mask for ``model``: one, or one per layer type for the families that take that."""
     config = model.config
     window = getattr(config, "sliding_window", None)
     if config.model_type in MASK_BY_LAYER_TYPE:
@@ -107,7 +108,7 @@ def attention_masks(packed: dict[str, Tensor], model: nn.Module) -> Tensor | Blo
 
 
 def pair_rule(packed: dict[str, Tensor], window: int | None = None) -> Callable[..., Tensor]:
-    """The packed row's mask as a FlexAttention ``mask_mod``: query token ``q`` may attend to key ``k`` when they
+    """The packed rows' mask as a FlexAttention ``mask_mod``: query token ``q`` may attend to key ``k`` when they
     belong to the same pair, ``k`` is not after ``q``, ``q`` is not rejected while ``k`` is chosen, and (with a
     ``window``) ``k`` lies less than ``window`` positions before ``q``."""
     pair, part, position = packed["pair_index"], packed["part"], packed["position_ids"]

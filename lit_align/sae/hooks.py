@@ -114,5 +114,6 @@ def residual_stream(
     """
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     with ResidualCapture(model, layer, stop=True) as capture:
-        decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        positions = {} if position_ids is None else {"position_ids": position_ids}
+        decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **positions)
     return capture.activations
