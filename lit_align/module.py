@@ -59,9 +59,9 @@ class AlignmentModule(L.LightningModule):
             reference see the same function at step 0.
         logits_chunk_size: response positions per LM-head call.
         packing: run each pair as one sequence ``[prompt | chosen | rejected]``, the batch's pairs packed into
-            one row without padding, so every prompt is computed once (:mod:`lit_align.layout`); the per-pair
-            results equal the padded layout's. A model family or attention backend that cannot take the packed
-            mask runs padded, saying so once.
+            rows without padding between them, so every prompt is computed once (:mod:`lit_align.layout`); the
+            per-pair results equal the padded layout's. A model family or attention backend that cannot take the
+            packed mask runs padded, saying so once.
     """
 
     def __init__(
