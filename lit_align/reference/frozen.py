@@ -91,7 +91,7 @@ class FrozenCopy(OnlineReference):
 
     def _on_device(self, batch: dict[str, Tensor]) -> nn.Module:
         """The model, moved to the batch's device the first time it is needed there."""
-        device = batch["example_key"].device
+        device = batch["input_ids"].device
         if self.model.device != device:
             self.model.to(device)
         return self.model
