@@ -208,8 +208,8 @@ def test_precompute_on_two_processes_writes_one_store(common, tmp_path):
     assert two_fingerprint == one_fingerprint
     assert len(two["example_key"]) == len(set(two["example_key"].tolist())) == 24  # every pair once
     order = [two["example_key"].tolist().index(key) for key in one["example_key"].tolist()]
-    for column, values in one.items():
-        torch.testing.assert_close(two[column][order], values, atol=1e-6, rtol=0, msg=column)
+    for column, values in one.items():  # other batches, so other packed rows: fp32 rounding of summed log-probs
+        torch.testing.assert_close(two[column][order], values, atol=1e-6, rtol=1e-6, msg=column)
 
 
 def test_fsdp2_lora_against_the_disabled_adapter(common, tmp_path):

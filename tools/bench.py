@@ -84,7 +84,8 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def read_pairs(path: Path, limit: int | None = None) -> list[tuple[str, str, str]]:
     """(prompt, chosen, rejected) strings of the (first ``limit``) HH rows lit-align accepts."""
-    from lit_align.data.formats import BadRow, split_row
+    from lit_align.data.chat import split_row
+    from lit_align.data.layouts import BadRow
 
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
@@ -92,7 +93,7 @@ def read_pairs(path: Path, limit: int | None = None) -> list[tuple[str, str, str
     pairs = []
     for row in rows:
         try:
-            pairs.append(split_row(row, "auto", chat_template=None))
+            pairs.append(split_row(row, "hh", chat_template=None))
         except BadRow:
             continue
     return pairs
