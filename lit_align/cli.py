@@ -1,4 +1,5 @@
-"""``lit-align``: LightningCLI for alignment (``fit``, ``validate``, ``test``, ``predict``, ``precompute``)."""
+"""``lit-align``: LightningCLI for alignment (``fit``, ``validate``, ``test``, ``predict``, ``precompute``), and
+``lit-align export`` (:mod:`lit_align.export`), which needs no trainer."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, auto_cli
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_align.data.datamodule import PreferenceDataModule
 from lit_align.errors import ConfigError, find_config_error, find_input_error, parse_error_line
+from lit_align.export import export_checkpoint
 from lit_align.module import AlignmentModule
 from lit_align.paths import local_path
 from lit_align.reference.store import STORE_FILE, OfflineStore
@@ -34,8 +36,13 @@ class AlignmentCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Check the checkpoint to resume from before anything is built (``last``: the newest ``last.ckpt`` of the
         run's directory, whichever ``version_N`` wrote it); a precompute writes no config file of its own (its
-        store carries the run's fingerprint)."""
+        store carries the run's fingerprint). A data module's unset ``tokenizer`` is the policy's when its pairs
+        come from ``path`` (a ``source`` may bring its own): the model path is given once."""
         config = self.config.get(self.subcommand) or self.config
+        init_args = config.get("data.init_args")
+        if init_args is not None and "tokenizer" in init_args and init_args.tokenizer is None \
+                and init_args.get("source") is None:
+            init_args.tokenizer = config.get("model.policy.path")
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
             config["ckpt_path"] = latest_last_checkpoint(config.get("trainer.default_root_dir") or ".") or "last"
@@ -73,11 +80,15 @@ def main(args: list[str] | None = None) -> None:
     else:
         args = [arg for arg in given if arg != "--debug"]
     try:
+        if args is None and sys.argv[1:2] == ["export"] or args is not None and args[:1] == ["export"]:
+            auto_cli(export_checkpoint, args=(sys.argv[2:] if args is None else args[1:]), as_positional=False)
+            return
         AlignmentCLI(
             AlignmentModule,
             PreferenceDataModule,
             trainer_class=AlignmentTrainer,
             subclass_mode_data=True,
+            auto_configure_optimizers=False,  # the module's own optimizer and schedule arguments do this
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"epilog": "--debug (or LIT_ALIGN_DEBUG=1): show an error's traceback, not its one line"},
             args=args,

@@ -78,14 +78,19 @@ def build_policy(spec: PolicySpec) -> nn.Module:
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if spec.lora is not None:
-        lora = spec.lora
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=lora.target_modules, task_type="CAUSAL_LM")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.init_seed)
-            model = get_peft_model(model, config)
-    return model
+    return add_adapter(model, spec)
+
+
+def add_adapter(model: PreTrainedModel, spec: PolicySpec) -> nn.Module:
+    """``model`` with ``spec``'s LoRA adapter (seeded by ``spec.init_seed``), or ``model`` itself without one."""
+    if spec.lora is None:
+        return model
+    lora = spec.lora
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.init_seed)
+        return get_peft_model(model, config)
 
 
 def load_causal_lm(spec: PolicySpec, key: str = "model.policy.path") -> PreTrainedModel:

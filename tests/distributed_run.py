@@ -3,7 +3,8 @@
 Launched as ``python -m tests.distributed_run SPEC.json`` (Lightning starts the other local processes itself, or
 the test starts one process per simulated node), or called in-process with :func:`run`. Each rank writes
 ``rank{r}.json`` (its per-step losses and example keys, and facts about a frozen-copy reference); rank 0 writes
-the policy's full weights to ``policy.pt``, and a LoRA run its adapter to ``adapter/``.
+the policy's full weights to ``policy.pt``, a LoRA run its adapter to ``adapter/``, and with ``save_hf`` the
+SaveHFModel callback the policy to ``hf/``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
 from lit_align.callbacks.save_adapter import SaveAdapter
+from lit_align.callbacks.save_hf import SaveHFModel
 from lit_align.data import PreferenceDataModule
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
@@ -105,6 +107,8 @@ def run(spec: dict[str, Any]) -> AlignmentModule:
     )
     recorder = StepRecorder()
     callbacks: list[Callback] = [recorder, SaveAdapter()] if spec.get("lora") else [recorder]
+    if spec.get("save_hf"):
+        callbacks.append(SaveHFModel(dirpath=str(out / "hf")))
     if spec.get("save_every"):
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="{step}",
                                          every_n_train_steps=spec["save_every"], save_top_k=-1))

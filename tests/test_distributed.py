@@ -22,6 +22,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from lit_align.export import export_checkpoint
 from lit_align.sharding import decoder_layer_classes
 from tests.distributed_run import run
 
@@ -71,6 +72,15 @@ def assert_same_weights(first: Path, second: Path, atol: float = 1e-5) -> None:
         torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
 
 
+def assert_same_weights_as(directory: Path, policy: Path) -> None:
+    """The ``save_pretrained`` model in ``directory`` holds the weights saved in ``policy``."""
+    loaded = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).state_dict()
+    trained = torch.load(policy, weights_only=True)
+    assert loaded.keys() == trained.keys()
+    for name, value in trained.items():
+        torch.testing.assert_close(loaded[name], value, atol=0, rtol=0, msg=name)
+
+
 @pytest.fixture(scope="module")
 def common(tmp_path_factory, model_dir, tokenizer_dir) -> dict:
     data = tmp_path_factory.mktemp("data") / "pairs.jsonl"
@@ -105,7 +115,7 @@ def test_fsdp_trains_saves_sharded_and_resumes(common, single, tmp_path, strateg
     """FSDP2 (``ModelParallelStrategy``) and FSDP1 (``FSDPStrategy``, see ``CPUFSDPStrategy``), with activation
     checkpointing and sharded checkpoints, as in ``configs/fsdp2.yaml`` and ``configs/fsdp.yaml``."""
     sharded = {**common, "strategy": strategy, "devices": 2, "batch_size": 2, "gradient_checkpointing": True}
-    full = launch({**sharded, "save_every": 2}, tmp_path / "full")
+    full = launch({**sharded, "save_every": 2, "save_hf": strategy == "fsdp2"}, tmp_path / "full")
     # FSDP2 shards the whole reference; FSDP1 all but its LM head (wrap_frozen_fsdp1)
     head = 512 * 32 / AutoModelForCausalLM.from_pretrained(common["model"]).num_parameters()
     share = 0.5 if strategy == "fsdp2" else 0.5 + head / 2
@@ -123,6 +133,13 @@ def test_fsdp_trains_saves_sharded_and_resumes(common, single, tmp_path, strateg
     saved = FileSystemReader(checkpoint).read_metadata().state_dict_metadata
     weights = [key for key in saved if key.startswith(f"{prefix}.")]
     assert weights and all(key.startswith(f"{prefix}.policy.") for key in weights)  # no reference
+
+    # the sharded checkpoint of the last step, exported by one process, is the trained policy; so is what the
+    # SaveHFModel callback gathered and wrote at the end of the FSDP2 run
+    last = tmp_path / "full" / "checkpoints" / "step=4.ckpt"
+    exported = export_checkpoint(str(last), str(tmp_path / "hf"), policy={"path": common["model"]})
+    for directory in [exported] + ([tmp_path / "full" / "hf"] if strategy == "fsdp2" else []):
+        assert_same_weights_as(directory, tmp_path / "full" / "policy.pt")
 
     resumed = launch({**sharded, "resume": str(checkpoint)}, tmp_path / "resumed")
     for whole, second in zip(full, resumed, strict=True):

@@ -1,0 +1,80 @@
+"""``SaveHFModel``: the policy written as a ``save_pretrained`` directory at the end of ``fit`` (and every N steps),
+as ``lit-align export`` writes it from a checkpoint (:mod:`lit_align.export`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from lit_align.export import empty_policy, write_pretrained
+from lit_align.policy import DType
+
+
+class SaveHFModel(Callback):
+    """Write the trained policy for inference stacks: safetensors weights, config, generation config, tokenizer
+    (``AutoModelForCausalLM.from_pretrained(dirpath)`` loads it). A LoRA policy writes its adapter alone, or with
+    ``merge`` the adapter folded into its base.
+
+    Under a sharding strategy each weight is gathered in turn to the first process, which alone holds the full
+    model (``cpu_offload``) and writes it.
+
+    Args:
+        dirpath: where to write; default ``hf_model/`` in the run's log directory (or ``default_root_dir``).
+        every_n_train_steps: also write every this many optimizer steps, to ``<dirpath>/step-<n>``.
+        merge: fold a LoRA adapter into the base.
+        dtype: the written weights' dtype (default: as trained), e.g. ``bfloat16``.
+        tokenizer: the tokenizer to write alongside; default the data module's ``tokenizer``, else the policy's
+            path.
+    """
+
+    def __init__(self, dirpath: str | None = None, every_n_train_steps: int | None = None, merge: bool = False,
+                 dtype: DType | None = None, tokenizer: str | None = None) -> None:
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise ValueError(f"SaveHFModel(every_n_train_steps={every_n_train_steps}): give a positive step count")
+        self.dirpath = dirpath
+        self.every_n_train_steps = every_n_train_steps
+        self.merge = merge
+        self.dtype = dtype
+        self.tokenizer = tokenizer
+        self._saved_step = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.merge and pl_module.policy_spec.lora is None:
+            raise ValueError("SaveHFModel(merge=True) folds a LoRA adapter into its base: the policy has none")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        step = trainer.global_step  # counts optimizer steps: unchanged over the micro-batches of one step
+        if self.every_n_train_steps and step % self.every_n_train_steps == 0 and step != self._saved_step:
+            self._saved_step = step
+            self.save(trainer, pl_module, self.target(trainer) / f"step-{step}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer, pl_module, self.target(trainer))
+
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule, target: Path) -> None:
+        """Gather the policy's weights to the first process and write them to ``target`` (a collective call)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(trainer.strategy.model, options=options)  # collective when sharded
+        if trainer.is_global_zero:
+            model = empty_policy(pl_module.policy_spec)
+            model.load_state_dict({name.removeprefix("policy."): value for name, value in state.items()
+                                   if name.startswith("policy.")})
+            write_pretrained(model, target, self.tokenizer or self._data_tokenizer(trainer, pl_module),
+                             self.merge, self.dtype)
+        trainer.strategy.barrier("SaveHFModel")
+
+    def target(self, trainer: L.Trainer) -> Path:
+        if self.dirpath is not None:
+            return Path(self.dirpath)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "hf_model"
+
+    @staticmethod
+    def _data_tokenizer(trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+        named = getattr(getattr(trainer.datamodule, "settings", None), "tokenizer", None)
+        if isinstance(named, str):
+            return named
+        path = pl_module.policy_spec.path
+        return path if path is not None and (Path(path) / "tokenizer_config.json").is_file() else None
