@@ -31,13 +31,18 @@ from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head
 from lit_align.reference import DisabledAdapter, FrozenCopy, OnlineReference, ReferenceProvider
 from lit_align.reference.store import feature_columns
 from lit_align.sae.hooks import ResidualCapture
+from lit_align.schedule import Schedule
 from lit_align.sharding import shard_causal_lm, wrap_frozen_fsdp1
 from lit_align.token_kl import sequence_logps_and_kl
 from lit_align.validation import check_vocabulary, require_counts
 
+WEIGHT_DECAY = 0.0
+"""The one default weight decay (as TRL's ``DPOConfig`` and the DPO reference code): the shipped configs name it."""
+
 
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=5e-6, weight_decay=0.0)
+    """AdamW at lr 5e-6 without weight decay (:data:`WEIGHT_DECAY`)."""
+    return torch.optim.AdamW(params, lr=5e-6, weight_decay=WEIGHT_DECAY)
 
 
 def default_reference(policy: PolicySpec) -> ReferenceProvider:
@@ -53,8 +58,11 @@ class AlignmentModule(L.LightningModule):
         policy: where the policy comes from (path or config, dtype, checkpointing, LoRA).
         reference: a :class:`~lit_align.reference.ReferenceProvider`; unset picks the adapter-disabled base
             for a LoRA policy and a frozen copy otherwise. Objectives that need no reference get none.
-        optimizer: optimizer factory over the trainable parameters.
-        lr_scheduler: optional scheduler factory, stepped every optimizer step.
+        optimizer: optimizer factory over the trainable parameters (default AdamW, lr 5e-6, weight decay 0; a
+            YAML ``class_path: torch.optim.AdamW`` should name ``weight_decay: 0.0``, as torch's own default is 0.01).
+        lr_scheduler: any scheduler factory (instead of ``schedule``), stepped every optimizer step.
+        schedule: the learning-rate schedule (:class:`~lit_align.schedule.Schedule`: linear warmup, then cosine,
+            linear or constant, sized from the run's length); with neither, the optimizer's ``lr`` stays constant.
         disable_dropout: zero every dropout of the policy (as DPO implementations do), so that policy and
             reference see the same function at step 0.
         logits_chunk_size: response positions per LM-head call.
@@ -71,6 +79,7 @@ class AlignmentModule(L.LightningModule):
         reference: ReferenceProvider | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
+        schedule: Schedule | None = None,
         disable_dropout: bool = True,
         logits_chunk_size: PositiveInt = 4096,
         packing: bool = True,
@@ -78,7 +87,10 @@ class AlignmentModule(L.LightningModule):
         super().__init__()
         require_counts(**{"model.logits_chunk_size": logits_chunk_size})
         self.save_hyperparameters(ignore=_python_objects(objective=objective, policy=policy, reference=reference,
-                                                         optimizer=optimizer, lr_scheduler=lr_scheduler))
+                                                         optimizer=optimizer, schedule=schedule,
+                                                         lr_scheduler=lr_scheduler))
+        if schedule is not None and lr_scheduler is not None:
+            raise ValueError("set model.schedule or model.lr_scheduler, not both")
         self.objective = objective
         self.policy_spec = policy
         if objective.needs and reference is None:
@@ -89,6 +101,7 @@ class AlignmentModule(L.LightningModule):
             self.reference.bind_policy_spec(policy)
         self.feature_source = feature_source(objective) if "sae_features" in objective.needs else None
         self.optimizer_factory = optimizer
+        self.schedule = schedule
         self.scheduler_factory = lr_scheduler
         self.disable_dropout = disable_dropout
         self.logits_chunk_size = logits_chunk_size
@@ -233,9 +246,12 @@ class AlignmentModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)
-        if self.scheduler_factory is None:
+        if self.schedule is not None:
+            scheduler = self.schedule.build(optimizer, self.trainer.estimated_stepping_batches)
+        elif self.scheduler_factory is not None:
+            scheduler = self.scheduler_factory(optimizer)
+        else:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _log_metrics(self, stage: str, bank: MetricBank, output: ObjectiveOutput, inputs: PreferenceInputs) -> None:

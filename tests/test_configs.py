@@ -19,3 +19,16 @@ def test_config_parses(config):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "objective:" in result.stdout
+
+
+def test_no_stray_top_level_optimizer_or_scheduler():
+    """The optimizer and schedule are the module's (``--model.optimizer``, ``--model.schedule``): LightningCLI's own
+    top-level ``--optimizer``/``--lr_scheduler``, which the module would ignore, are not offered."""
+    help_text = subprocess.run([sys.executable, "-m", "lit_align", "fit", "--help"], capture_output=True, text=True,
+                               timeout=120, check=True).stdout
+    assert "--model.optimizer" in help_text and "--model.schedule" in help_text
+    assert "\n  --optimizer" not in help_text and "\n  --lr_scheduler" not in help_text
+    result = subprocess.run([sys.executable, "-m", "lit_align", "fit", "--config", str(CONFIGS[0]),
+                             "--optimizer=torch.optim.SGD", "--print_config"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0 and "optimizer" in result.stderr
