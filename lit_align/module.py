@@ -32,7 +32,7 @@ from lit_align.reference import DisabledAdapter, FrozenCopy, OnlineReference, Re
 from lit_align.reference.store import feature_columns
 from lit_align.sae.hooks import ResidualCapture
 from lit_align.schedule import Schedule
-from lit_align.sharding import shard_causal_lm, wrap_frozen_fsdp1
+from lit_align.sharding import FSDPMixedPrecision, shard_causal_lm, wrap_frozen_fsdp1
 from lit_align.token_kl import sequence_logps_and_kl
 from lit_align.validation import check_vocabulary, require_counts
 
@@ -70,6 +70,9 @@ class AlignmentModule(L.LightningModule):
             rows without padding between them, so every prompt is computed once (:mod:`lit_align.layout`); the
             per-pair results equal the padded layout's. A model family or attention backend that cannot take the
             packed mask runs padded, saying so once.
+        mixed_precision: FSDP2's mixed precision (:class:`~lit_align.sharding.FSDPMixedPrecision`: bf16
+            all-gather and compute, fp32 gradient reduction and master weights); FSDP2 only (FSDP1 takes
+            ``trainer.strategy.init_args.mixed_precision``, other strategies ``trainer.precision``).
     """
 
     def __init__(
@@ -83,12 +86,14 @@ class AlignmentModule(L.LightningModule):
         disable_dropout: bool = True,
         logits_chunk_size: PositiveInt = 4096,
         packing: bool = True,
+        mixed_precision: FSDPMixedPrecision | None = None,
     ) -> None:
         super().__init__()
         require_counts(**{"model.logits_chunk_size": logits_chunk_size})
         self.save_hyperparameters(ignore=_python_objects(objective=objective, policy=policy, reference=reference,
                                                          optimizer=optimizer, schedule=schedule,
-                                                         lr_scheduler=lr_scheduler))
+                                                         lr_scheduler=lr_scheduler,
+                                                         mixed_precision=mixed_precision))
         if schedule is not None and lr_scheduler is not None:
             raise ValueError("set model.schedule or model.lr_scheduler, not both")
         self.objective = objective
@@ -107,6 +112,7 @@ class AlignmentModule(L.LightningModule):
         self.logits_chunk_size = logits_chunk_size
         self.packing = packing
         self._packs: dict[int, bool] = {}
+        self.mixed_precision = mixed_precision
         self.policy: nn.Module | None = None
         self.train_metrics = MetricBank()
         self.val_metrics = MetricBank()
@@ -129,6 +135,9 @@ class AlignmentModule(L.LightningModule):
             self.reference.attach(self.policy, datamodule)
             if self.feature_source is not None:
                 self.reference.attach_features(self.feature_source)
+        if self.mixed_precision is not None and self._device_mesh is None:
+            raise ValueError("model.mixed_precision is FSDP2's (ModelParallelStrategy); under FSDPStrategy set "
+                             "trainer.strategy.init_args.mixed_precision, otherwise trainer.precision")
         if self._device_mesh is not None:
             self._shard(self._device_mesh)
         elif self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
@@ -148,7 +157,7 @@ class AlignmentModule(L.LightningModule):
                 "the reference's SAE features stop its forward part-way, which FSDP2 cannot shard; precompute them "
                 "into an OfflineStore (lit-align precompute, on DDP) and train from the store"
             )
-        shard = partial(shard_causal_lm, mesh=mesh["data_parallel"])
+        shard = partial(shard_causal_lm, mesh=mesh["data_parallel"], mixed_precision=self.mixed_precision)
         shard(self.policy)
         if self.reference is not None:
             self.reference.shard(shard)

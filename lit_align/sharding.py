@@ -8,17 +8,41 @@ runs a sharded model through its forward, and the LM head's chunked calls afterw
 its own for the head would gather, and reduce its gradients, once per chunk, and processes with different
 numbers of response tokens would then wait on each other for ever.)
 
+Mixed precision as FSDP intends it (:class:`FSDPMixedPrecision`): fp32 master weights and optimizer states in the
+shards, each unit all-gathered and computed in bf16, gradients reduce-scattered in fp32.
+
 Under Lightning's ``FSDPStrategy`` (FSDP1) the strategy wraps the policy itself; the frozen reference, which is
 no submodule, is wrapped here (:func:`wrap_frozen_fsdp1`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 from peft import PeftModel
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.fsdp.wrap import wrap
+
+from lit_align.policy import DType
+
+
+@dataclass
+class FSDPMixedPrecision:
+    """FSDP2's ``MixedPrecisionPolicy`` (``model.mixed_precision`` in ``configs/fsdp2.yaml``): the sharded
+    parameters (master weights, and so the optimizer states) stay in the policy's dtype (fp32); each unit is
+    all-gathered and computed in ``param_dtype`` and its gradients reduce-scattered in ``reduce_dtype``."""
+
+    param_dtype: DType = "bfloat16"
+    """All-gather and compute dtype."""
+    reduce_dtype: DType = "float32"
+    """Gradient reduce-scatter dtype (fp32: no rounding in the sum over processes)."""
+
+    def policy(self) -> MixedPrecisionPolicy:
+        return MixedPrecisionPolicy(param_dtype=getattr(torch, self.param_dtype),
+                                    reduce_dtype=getattr(torch, self.reduce_dtype))
 
 
 def decoder_layer_classes(model: nn.Module) -> set[str]:
@@ -31,14 +55,16 @@ def decoder_layer_classes(model: nn.Module) -> set[str]:
     return names
 
 
-def shard_causal_lm(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
+def shard_causal_lm(model: nn.Module, mesh: DeviceMesh, mixed_precision: FSDPMixedPrecision | None = None
+                    ) -> nn.Module:
     """Shard ``model`` (a transformers causal LM, or a peft model around one) in place over ``mesh``: each decoder
-    layer a unit, ``model`` itself the root unit."""
+    layer a unit, ``model`` itself the root unit; in ``mixed_precision`` if given (else all in the model's dtype)."""
     layer_classes = decoder_layer_classes(model)
+    policy = mixed_precision.policy() if mixed_precision is not None else MixedPrecisionPolicy()
     for layer in model.modules():
         if type(layer).__name__ in layer_classes:
-            fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 
