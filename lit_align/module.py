@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from lit_align.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
+from lit_align.loading import empty_causal_lm, loads_sharded, shard_and_load
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs
@@ -32,7 +33,7 @@ from lit_align.reference import DisabledAdapter, FrozenCopy, OnlineReference, Re
 from lit_align.reference.store import feature_columns
 from lit_align.sae.hooks import ResidualCapture
 from lit_align.schedule import Schedule
-from lit_align.sharding import FSDPMixedPrecision, shard_causal_lm, wrap_frozen_fsdp1
+from lit_align.sharding import FSDPMixedPrecision, wrap_frozen_fsdp1
 from lit_align.token_kl import sequence_logps_and_kl
 from lit_align.validation import check_vocabulary, require_counts
 
@@ -121,7 +122,7 @@ class AlignmentModule(L.LightningModule):
         """Build the policy (here, so a strategy can shard it) and attach the reference to it."""
         if self.policy is not None:
             return
-        self.policy = build_policy(self.policy_spec).train()
+        self.policy = build_policy(self.policy_spec, self._empty_base()).train()
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if getattr(datamodule, "tokenizer", None) is not None:
             check_vocabulary(datamodule.tokenizer, self.policy.get_input_embeddings().num_embeddings)
@@ -144,6 +145,13 @@ class AlignmentModule(L.LightningModule):
             if self.reference is not None:  # the strategy wraps the policy itself, but not the reference
                 self.reference.shard(wrap_frozen_fsdp1)
 
+    def _empty_base(self) -> nn.Module | None:
+        """Under FSDP2, a full fine-tune's base built empty (meta device), so that each process reads only its shards
+        after sharding (:mod:`lit_align.loading`); otherwise ``None`` (loaded whole)."""
+        if self._device_mesh is None or not loads_sharded(self.policy_spec):
+            return None
+        return empty_causal_lm(self.policy_spec)
+
     def _shard(self, mesh: DeviceMesh) -> None:
         """FSDP2 over the data-parallel dimension of ``ModelParallelStrategy``'s mesh: the policy, and the
         reference's own model when it holds one (sharded, yet still outside the state dict)."""
@@ -157,7 +165,8 @@ class AlignmentModule(L.LightningModule):
                 "the reference's SAE features stop its forward part-way, which FSDP2 cannot shard; precompute them "
                 "into an OfflineStore (lit-align precompute, on DDP) and train from the store"
             )
-        shard = partial(shard_causal_lm, mesh=mesh["data_parallel"], mixed_precision=self.mixed_precision)
+        shard = partial(shard_and_load, mesh=mesh["data_parallel"], mixed_precision=self.mixed_precision,
+                        path=self.policy_spec.path, device=self.trainer.strategy.root_device)
         shard(self.policy)
         if self.reference is not None:
             self.reference.shard(shard)

@@ -70,10 +70,12 @@ class PolicySpec:
             raise ConfigError("model.policy.config", self.config, "a transformers config dict with a model_type")
 
 
-def build_policy(spec: PolicySpec) -> nn.Module:
-    """Build the policy in ``spec.dtype``, with gradient checkpointing and the LoRA adapter if asked for; refuse a
-    model whose logits lit-align cannot reproduce (:func:`lit_align.head.check_output_head`)."""
-    model = load_causal_lm(spec)
+def build_policy(spec: PolicySpec, base: PreTrainedModel | None = None) -> nn.Module:
+    """Build the policy in ``spec.dtype``, with gradient checkpointing and the LoRA adapter if asked for, around
+    ``base`` (default: :func:`load_causal_lm`; an empty model to be loaded shard by shard, see
+    :mod:`lit_align.loading`); refuse a model whose logits lit-align cannot reproduce
+    (:func:`lit_align.head.check_output_head`)."""
+    model = load_causal_lm(spec) if base is None else base
     check_output_head(model)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
