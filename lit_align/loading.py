@@ -30,10 +30,17 @@ from lit_align.sharding import FSDPMixedPrecision, shard_causal_lm
 INDEX = "model.safetensors.index.json"
 
 
-def loads_sharded(spec: PolicySpec) -> bool:
-    """Whether ``spec``'s policy can be built empty and read shard by shard: a full fine-tune (a LoRA policy keeps
-    one copy of the base already) from a local directory of safetensors files."""
-    return spec.lora is None and spec.path is not None and bool(weight_files(spec.path))
+def empty_base(spec: PolicySpec) -> PreTrainedModel | None:
+    """The base of ``spec`` built empty when it can be read shard by shard — a full fine-tune (a LoRA policy holds
+    one copy of the base already) from a local directory of safetensors files that name every weight as the model
+    does — else ``None`` (it is then loaded whole, with ``from_pretrained``)."""
+    if spec.lora is not None or spec.path is None:
+        return None
+    files = weight_files(spec.path)
+    if not files:
+        return None
+    model = empty_causal_lm(spec)
+    return model if all(name in files for name, _ in model.named_parameters()) else None
 
 
 def empty_causal_lm(spec: PolicySpec) -> PreTrainedModel:
@@ -71,9 +78,6 @@ def load_shards(model: nn.Module, path: str, device: torch.device) -> nn.Module:
                 buffer.copy_(buffers[name])
         files = weight_files(path)
         for name, parameter in model.named_parameters():
-            if name not in files:
-                raise ValueError(f"{path} holds no weight {name!r}: load this model with from_pretrained instead "
-                                 "(a checkpoint whose names differ from the model's)")
             _fill(parameter, files[name], name)
     return model
 

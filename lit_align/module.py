@@ -24,6 +24,7 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from lit_align.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
 from lit_align.loading import empty_causal_lm, loads_sharded, shard_and_load
+from lit_align.loading import empty_base, shard_and_load
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs
@@ -146,11 +147,9 @@ class AlignmentModule(L.LightningModule):
                 self.reference.shard(wrap_frozen_fsdp1)
 
     def _empty_base(self) -> nn.Module | None:
-        """Under FSDP2, a full fine-tune's base built empty (meta device), so that each process reads only its shards
-        after sharding (:mod:`lit_align.loading`); otherwise ``None`` (loaded whole)."""
-        if self._device_mesh is None or not loads_sharded(self.policy_spec):
-            return None
-        return empty_causal_lm(self.policy_spec)
+        """Under FSDP2, the policy's base built empty (meta device) when each process can read its shards after
+        sharding (:mod:`lit_align.loading`); otherwise ``None`` (loaded whole)."""
+        return None if self._device_mesh is None else empty_base(self.policy_spec)
 
     def _shard(self, mesh: DeviceMesh) -> None:
         """FSDP2 over the data-parallel dimension of ``ModelParallelStrategy``'s mesh: the policy, and the
