@@ -1,7 +1,8 @@
 """Lightning's own distributed strategies on CPU with gloo, in real processes on 127.0.0.1: DDP equals one process
 on the same global batch, FSDP2 (``ModelParallelStrategy``) trains, shards the reference, saves a sharded
-checkpoint and resumes from it exactly, a simulated two-node run deals each node its own shard, and the offline
-store is precomputed on two processes."""
+checkpoint and resumes from it exactly, FSDP1/FSDP2 sharded checkpoints export (``lit-align export``) to the trained
+weights and ``SaveHFModel`` gathers them under FSDP2, a simulated two-node run deals each node its own shard, and
+the offline store is precomputed on two processes."""
 
 from __future__ import annotations
 
