@@ -123,7 +123,9 @@ class AlignmentModule(L.LightningModule):
         """Build the policy (here, so a strategy can shard it) and attach the reference to it."""
         if self.policy is not None:
             return
-        self.policy = build_policy(self.policy_spec, self._empty_base()).train()
+        # under FSDP2, built empty when each process can read its own shards after sharding (lit_align/loading.py)
+        base = empty_base(self.policy_spec) if self._device_mesh is not None else None
+        self.policy = build_policy(self.policy_spec, base).train()
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if getattr(datamodule, "tokenizer", None) is not None:
             check_vocabulary(datamodule.tokenizer, self.policy.get_input_embeddings().num_embeddings)
@@ -145,11 +147,6 @@ class AlignmentModule(L.LightningModule):
         elif self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             if self.reference is not None:  # the strategy wraps the policy itself, but not the reference
                 self.reference.shard(wrap_frozen_fsdp1)
-
-    def _empty_base(self) -> nn.Module | None:
-        """Under FSDP2, the policy's base built empty (meta device) when each process can read its shards after
-        sharding (:mod:`lit_align.loading`); otherwise ``None`` (loaded whole)."""
-        return None if self._device_mesh is None else empty_base(self.policy_spec)
 
     def _shard(self, mesh: DeviceMesh) -> None:
         """FSDP2 over the data-parallel dimension of ``ModelParallelStrategy``'s mesh: the policy, and the
