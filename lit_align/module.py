@@ -123,8 +123,10 @@ class AlignmentModule(L.LightningModule):
         """Build the policy (here, so a strategy can shard it) and attach the reference to it."""
         if self.policy is not None:
             return
-        # under FSDP2, built empty when each process can read its own shards after sharding (lit_align/loading.py)
-        base = empty_base(self.policy_spec) if self._device_mesh is not None else None
+        # under FSDP2, built empty when each process can read its own shards after sharding (lit_align/loading.py);
+        # not for an offline store, which fingerprints the policy's weights as it attaches
+        empty = self._device_mesh is not None and isinstance(self.reference, FrozenCopy | None)
+        base = empty_base(self.policy_spec) if empty else None
         self.policy = build_policy(self.policy_spec, base).train()
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if getattr(datamodule, "tokenizer", None) is not None:
