@@ -18,7 +18,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from peft import PeftModel
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
 from lit_align.policy import DType, LoraSettings, PolicySpec, add_adapter
@@ -96,18 +96,20 @@ def load_policy_weights(path: str | Path, checkpoint: dict[str, Any], model: nn.
     return model
 
 
-def write_pretrained(model: nn.Module, output_dir: str | Path, tokenizer: str | None, merge: bool = False,
-                     dtype: DType | None = None) -> Path:
-    """``save_pretrained`` ``model`` (safetensors) into ``output_dir``, in ``dtype`` if given, with the tokenizer
-    at ``tokenizer``; a peft model as its adapter alone, or folded into its base with ``merge``."""
+def write_pretrained(model: nn.Module, output_dir: str | Path, tokenizer: str | PreTrainedTokenizerBase | None,
+                     merge: bool = False, dtype: DType | None = None) -> Path:
+    """``save_pretrained`` ``model`` (safetensors) into ``output_dir``, in ``dtype`` if given, with ``tokenizer`` (a
+    path, or a tokenizer); a peft model as its adapter alone, or folded into its base with ``merge``."""
     if merge and isinstance(model, PeftModel):
         model = model.merge_and_unload()
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
     output = Path(output_dir)
     model.save_pretrained(output, safe_serialization=True)
+    if isinstance(tokenizer, str):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     if tokenizer is not None:
-        AutoTokenizer.from_pretrained(tokenizer).save_pretrained(output)
+        tokenizer.save_pretrained(output)
     return output
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from transformers import PreTrainedTokenizerBase
 
 from lit_align.export import empty_policy, write_pretrained
 from lit_align.policy import DType
@@ -26,8 +27,8 @@ class SaveHFModel(Callback):
         every_n_train_steps: also write every this many optimizer steps, to ``<dirpath>/step-<n>``.
         merge: fold a LoRA adapter into the base.
         dtype: the written weights' dtype (default: as trained), e.g. ``bfloat16``.
-        tokenizer: the tokenizer to write alongside; default the data module's ``tokenizer``, else the policy's
-            path.
+        tokenizer: the tokenizer to write alongside; default the data module's (with its chat template), else
+            the policy's path.
     """
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int | None = None, merge: bool = False,
@@ -72,9 +73,10 @@ class SaveHFModel(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "hf_model"
 
     @staticmethod
-    def _data_tokenizer(trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-        named = getattr(getattr(trainer.datamodule, "settings", None), "tokenizer", None)
-        if isinstance(named, str):
-            return named
+    def _data_tokenizer(trainer: L.Trainer, pl_module: L.LightningModule) -> str | PreTrainedTokenizerBase | None:
+        """The tokenizer the run trained with (the data module's, chat template included), else the policy's."""
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        if isinstance(tokenizer, PreTrainedTokenizerBase):
+            return tokenizer
         path = pl_module.policy_spec.path
         return path if path is not None and (Path(path) / "tokenizer_config.json").is_file() else None
