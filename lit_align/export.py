@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
+from lit_align.errors import ConfigError
 from lit_align.policy import DType, LoraSettings, PolicySpec, add_adapter
 
 METADATA_FILE = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
@@ -31,9 +32,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's contents, weights-only: a file memory-mapped (weights under ``state_dict``), a sharded
     directory's metadata alone (``meta.pt``; its weights are read by :func:`load_policy_weights`)."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError("ckpt_path", str(path), "no checkpoint there (a .ckpt file or a sharded directory)")
     if path.is_dir():
         if not (path / METADATA_FILE).is_file():
-            raise FileNotFoundError(f"{path} is a directory without {METADATA_FILE}: no sharded Lightning checkpoint")
+            raise ConfigError("ckpt_path", str(path), f"a directory without {METADATA_FILE}: no sharded checkpoint")
         return torch.load(path / METADATA_FILE, weights_only=True, map_location="cpu")
     return torch.load(path, weights_only=True, map_location="cpu", mmap=True)
 

@@ -77,6 +77,8 @@ def test_lora_run_exports_its_adapter_or_the_merged_model(tmp_path, model_dir, t
 
 
 def test_export_needs_policy_settings_it_cannot_find(tmp_path, model_dir, tokenizer_dir, explicit_file):
+    with pytest.raises(ValueError, match="no checkpoint there"):
+        export_checkpoint(str(tmp_path / "missing.ckpt"), str(tmp_path / "hf"))
     _, ckpt, _ = train(tmp_path, model_dir, tokenizer_dir, explicit_file)
     with pytest.raises(ValueError, match="names no policy"):
         export_checkpoint(str(ckpt), str(tmp_path / "hf"))
