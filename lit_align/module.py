@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from lit_align.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
-from lit_align.loading import empty_causal_lm, loads_sharded, shard_and_load
 from lit_align.loading import empty_base, shard_and_load
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
