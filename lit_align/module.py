@@ -27,11 +27,9 @@ from lit_align.loading import empty_base, shard_and_load
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs
-from lit_align.objectives.fpo import feature_source
 from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head
 from lit_align.reference import DisabledAdapter, FrozenCopy, OnlineReference, ReferenceProvider
 from lit_align.reference.store import feature_columns
-from lit_align.sae.hooks import ResidualCapture
 from lit_align.schedule import Schedule
 from lit_align.sharding import FSDPMixedPrecision, wrap_frozen_fsdp1
 from lit_align.token_kl import sequence_logps_and_kl
@@ -105,7 +103,7 @@ class AlignmentModule(L.LightningModule):
         if self.reference is not None:
             self.reference.check(objective.needs, type(objective).__name__)
             self.reference.bind_policy_spec(policy)
-        self.feature_source = feature_source(objective) if "sae_features" in objective.needs else None
+        self.feature_extractor = objective.feature_extractor()
         self.optimizer_factory = optimizer
         self.schedule = schedule
         self.scheduler_factory = lr_scheduler
@@ -134,12 +132,12 @@ class AlignmentModule(L.LightningModule):
             for layer in self.policy.modules():
                 if isinstance(layer, nn.Dropout):
                     layer.p = 0.0
-        if self.feature_source is not None:
-            self.feature_source.bind(self.policy)
+        if self.feature_extractor is not None:
+            self.feature_extractor.bind(self.policy)
         if self.reference is not None:
             self.reference.attach(self.policy, datamodule)
-            if self.feature_source is not None:
-                self.reference.attach_features(self.feature_source)
+            if self.feature_extractor is not None:
+                self.reference.attach_features(self.feature_extractor)
         if self.mixed_precision is not None and self._device_mesh is None:
             raise ValueError("model.mixed_precision is FSDP2's (ModelParallelStrategy); under FSDPStrategy set "
                              "trainer.strategy.init_args.mixed_precision, otherwise trainer.precision")
@@ -157,7 +155,7 @@ class AlignmentModule(L.LightningModule):
                 "AlignmentModule shards with FSDP2 only: set ModelParallelStrategy(tensor_parallel_size=1, "
                 "data_parallel_size=<nodes × devices>)"
             )
-        if self.feature_source is not None and isinstance(self.reference, OnlineReference):
+        if self.feature_extractor is not None and isinstance(self.reference, OnlineReference):
             raise ValueError(
                 "the reference's SAE features stop its forward part-way, which FSDP2 cannot shard; precompute them "
                 "into an OfflineStore (lit-align precompute, on DDP) and train from the store"
@@ -205,7 +203,7 @@ class AlignmentModule(L.LightningModule):
         )
         if features is not None:
             inputs.policy_chosen_features, inputs.policy_rejected_features = features.chunk(2)
-            ref_features = self.reference.sae_features(batch, self.feature_source)
+            ref_features = self.reference.sae_features(batch, self.feature_extractor)
             inputs.ref_chosen_features, inputs.ref_rejected_features = ref_features.chunk(2)
         return inputs
 
@@ -213,12 +211,12 @@ class AlignmentModule(L.LightningModule):
         """The policy's final hidden states and, when the objective reads SAE features, its response-pooled
         features, from the residual stream captured at the SAE's layer in the same forward (with gradient)."""
         inputs = decoder_inputs(batch, self.policy)
-        if self.feature_source is None:
+        if self.feature_extractor is None:
             return response_states(batch, final_hidden(self.policy, **inputs)), None
-        with ResidualCapture(self.policy, self.feature_source.feature_layer) as capture:
+        with self.feature_extractor.capture(self.policy) as capture:
             hidden = final_hidden(self.policy, **inputs)
         residual = response_states(batch, capture.activations)
-        return response_states(batch, hidden), self.feature_source.encode_features(residual, batch["response_mask"])
+        return response_states(batch, hidden), self.feature_extractor.encode(residual, batch["response_mask"])
 
     def pair_view(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch`` in the layout this run uses: packed where policy and reference take it, else padded."""
@@ -255,8 +253,8 @@ class AlignmentModule(L.LightningModule):
             "chosen_lengths": chosen_lengths,
             "rejected_lengths": rejected_lengths,
         }
-        if self.feature_source is not None:
-            columns.update(feature_columns(self.reference.sae_features(batch, self.feature_source)))
+        if self.feature_extractor is not None:
+            columns.update(feature_columns(self.reference.sae_features(batch, self.feature_extractor)))
         return columns
 
     def configure_optimizers(self) -> Any:

@@ -15,7 +15,7 @@ from lit_align.policy import LoraSettings, PolicySpec
 from lit_align.reference import DisabledAdapter, FrozenCopy, OfflineStore
 from lit_align.reference.sparse import dense_rows, offsets_of, sparse_rows
 from lit_align.reference.store import feature_columns, read_store, write_store
-from lit_align.sae import SparseAutoencoder, save_saelens
+from lit_align.sae import SAEFeatures, SparseAutoencoder, save_saelens
 from tests.test_module import make_data, make_trainer
 
 LAYER, D_SAE, TOP_K = 0, 64, 16
@@ -38,7 +38,7 @@ def built(module: AlignmentModule, data=None) -> AlignmentModule:
     module.configure_model()
     if data is not None:
         module.reference.attach(module.policy, data)
-        module.reference.attach_features(module.feature_source)
+        module.reference.attach_features(module.feature_extractor)
     return module
 
 
@@ -64,7 +64,7 @@ def test_features_are_pooled_over_response_tokens(tmp_path, model_dir, tokenizer
     with torch.no_grad():
         states = model(batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
         residual = states.hidden_states[LAYER + 1]
-        sae = module.feature_source.sae
+        sae = module.feature_extractor.sae
         expected = []
         for row in range(len(residual)):
             tokens = [t for t in range(residual.shape[1]) if batch["response_mask"][row, t]]
@@ -90,8 +90,8 @@ def test_disabled_adapter_serves_the_base_features(model_dir, tokenizer_dir, exp
             if "lora_B" in name:
                 parameter.fill_(0.05)
     frozen = built(AlignmentModule(FPO(sae_dir, top_k=TOP_K), PolicySpec(path=model_dir), reference=FrozenCopy()))
-    base = frozen.reference.sae_features(batch, frozen.feature_source)
-    torch.testing.assert_close(lora.reference.sae_features(batch, lora.feature_source), base)
+    base = frozen.reference.sae_features(batch, frozen.feature_extractor)
+    torch.testing.assert_close(lora.reference.sae_features(batch, lora.feature_extractor), base)
     inputs = lora.preference_inputs(batch)
     assert not torch.allclose(inputs.policy_chosen_features, inputs.ref_chosen_features)
     assert lora.policy.training, "the reference pass must restore the policy's training mode"
@@ -168,8 +168,8 @@ def test_training_from_store_loads_no_reference_model(tmp_path, model_dir, token
     module = AlignmentModule(FPO(sae_dir, top_k=TOP_K), PolicySpec(path=model_dir),
                              reference=OfflineStore(str(store)), optimizer=partial(torch.optim.AdamW, lr=1e-2))
     make_trainer(tmp_path, 3, limit_val_batches=1).fit(module, data)
-    assert not any(name.startswith(("objective", "feature_source")) for name in module.state_dict())
-    assert not any(p.requires_grad for p in module.feature_source.sae.parameters())
+    assert not any(name.startswith(("objective", "feature_extractor")) for name in module.state_dict())
+    assert not any(p.requires_grad for p in module.feature_extractor.sae.parameters())
 
 
 def test_stores_without_or_with_other_features_are_refused(tmp_path, model_dir, tokenizer_dir, explicit_file, sae_dir):
@@ -195,7 +195,7 @@ def test_stores_without_or_with_other_features_are_refused(tmp_path, model_dir, 
     ("sae", "options", "match"),
     [
         ("narrow", {}, r"d_model=16 does not match the policy's hidden size 32"),
-        ("default", {"top_k": D_SAE + 1}, rf"top_k={D_SAE + 1} exceeds the width d_sae={D_SAE}"),
+        ("default", {"top_k": D_SAE + 1}, rf"FPO top_k={D_SAE + 1} exceeds the width d_sae={D_SAE}"),
         ("default", {"layer": 1}, r"layer=1 but the SAE .* reads layer 0"),
         ("unlayered", {"layer": 2}, r"layer=2 does not exist: the policy has 2 decoder layers"),
         ("unlayered", {}, r"does not record its layer"),
@@ -212,15 +212,25 @@ def test_setup_errors_name_both_values(tmp_path, model_dir, sae, options, match)
         built(module)
 
 
+def test_fpo_takes_the_extractor_as_an_argument(model_dir, sae_dir):
+    features = SAEFeatures(sae_dir, layer=LAYER)
+    module = built(AlignmentModule(FPO(features=features, top_k=TOP_K), PolicySpec(path=model_dir)))
+    assert module.feature_extractor is features and features.d_sae == D_SAE
+    with pytest.raises(ValueError, match="give one of sae_path"):
+        FPO(sae_dir, features=features)
+    with pytest.raises(ValueError, match="give one of sae_path"):
+        FPO()
+
+
 def test_mixture_with_fpo(model_dir, tokenizer_dir, explicit_file, sae_dir):
     data = make_data(explicit_file, tokenizer_dir, val_fraction=0.0)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     fpo = FPO(sae_dir, top_k=TOP_K)
     module = built(AlignmentModule(Mixture([fpo, SFT()], weights=[1.0, 0.2]), PolicySpec(path=model_dir)))
-    assert module.feature_source is fpo
+    assert module.feature_extractor is fpo.features
     output = module(batch)
     assert "fpo/feature_mse/chosen" in output.metrics and "loss/sft" in output.metrics
     output.loss.backward()
-    with pytest.raises(ValueError, match="exactly one objective that reads SAE features"):
+    with pytest.raises(ValueError, match="at most one objective that reads SAE features"):
         AlignmentModule(Mixture([FPO(sae_dir), FPO(sae_dir)]), PolicySpec(path=model_dir))

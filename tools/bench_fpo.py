@@ -115,7 +115,7 @@ def precompute(cfg: Config) -> None:
     module = _module(cfg, "fpo-online")
     columns = module.predict_step(_batch(cfg), 0)
     write_store(cfg.store_path, {k: v.cpu() for k, v in columns.items()},
-                run_fingerprint(module.policy, None, module.feature_source))
+                run_fingerprint(module.policy, None, module.feature_extractor))
 
 
 def _resident_mib(cfg: Config) -> float:

@@ -136,7 +136,7 @@ class RemainingPairs(L.LightningDataModule):
 
     def predict_dataloader(self) -> list[DataLoader]:
         module = self.trainer.lightning_module
-        done = self.journal.start(run_fingerprint(module.policy, self.datamodule, module.feature_source))
+        done = self.journal.start(run_fingerprint(module.policy, self.datamodule, module.feature_extractor))
         self.trainer.strategy.barrier("precompute_journal_read")
         loaders = self.datamodule.predict_dataloader()
         remaining = [_without(loader, done) for loader in (loaders if isinstance(loaders, list) else [loaders])]

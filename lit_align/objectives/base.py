@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from torch import Tensor
 
 from lit_align.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lit_align.sae.features import SAEFeatures
 
 Need = Literal["reference_logps", "token_kl", "sae_features"]
 """Quantities beyond the policy's own log-probs that an objective may ask for:
@@ -74,7 +77,8 @@ class Objective(ABC):
     """Base class of every alignment objective.
 
     Subclasses set ``needs`` to the quantities they read from :class:`PreferenceInputs` beyond the
-    policy's log-probs and lengths, and implement :meth:`forward`.
+    policy's log-probs and lengths, and implement :meth:`forward`; one that needs ``sae_features`` also
+    returns its extractor from :meth:`feature_extractor`.
     """
 
     needs: ClassVar[frozenset[Need]] = frozenset({"reference_logps"})
@@ -82,6 +86,14 @@ class Objective(ABC):
     @abstractmethod
     def forward(self, inputs: PreferenceInputs) -> ObjectiveOutput:
         """Compute the loss for one batch of pairs."""
+
+    def feature_extractor(self) -> SAEFeatures | None:
+        """What computes the ``sae_features`` this objective reads (an objective that needs them must return
+        one, e.g. a :class:`~lit_align.sae.SAEFeatures` given to it as an argument); ``None`` otherwise. The
+        module binds it to the policy and hands the features over in :class:`PreferenceInputs`."""
+        if "sae_features" in self.needs:
+            raise TypeError(f"{type(self).__name__} needs 'sae_features' but its feature_extractor() names none")
+        return None
 
     def __call__(self, inputs: PreferenceInputs) -> ObjectiveOutput:
         missing = [name for name in self._required_fields() if getattr(inputs, name) is None]

@@ -17,22 +17,21 @@ training, so it can come from the offline store (``lit-align precompute``): FPO 
 The logged rewards are ``β m(y)`` per response; the metrics ``feature_mse/chosen`` = D(y_w),
 ``feature_mse/rejected`` = D(y_l) and ``feature_mse/margin`` = their difference are reported per pair.
 
-The SAE belongs to the objective: frozen, loaded when the policy is built (:meth:`FPO.bind`), moved to the
-activations' device when first used, never trained and never in a checkpoint. The module asks any objective that
-needs ``sae_features`` for it through :func:`feature_source`, without knowing it is FPO.
+FPO holds only this math. Its features come from a :class:`~lit_align.sae.SAEFeatures` extractor (a frozen SAE at
+one layer: loading, hooking and pooling live in :mod:`lit_align.sae`), which the module obtains through the
+Objective contract (:meth:`FPO.feature_extractor`) without knowing it runs FPO.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from torch import Tensor, nn
+from torch import Tensor
 
 from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs, check_beta
-from lit_align.paths import absolute_if_local, local_path
-from lit_align.sae import SparseAutoencoder, check_sae_width, decoder_layers, load_sae, pooled_features
+from lit_align.sae.features import SAEFeatures
 
 
 def topk_feature_mse(policy_features: Tensor, ref_features: Tensor, top_k: int) -> Tensor:
@@ -97,46 +96,6 @@ def fpo_loss(
     return losses, beta * chosen_margin.detach(), beta * rejected_margin.detach()
 
 
-class FeatureSource(Protocol):
-    """What the module needs from an objective that reads ``sae_features``: a frozen SAE at one layer.
-
-    ``bind(policy)`` is called once the policy is built (load and check the SAE); then ``feature_layer`` is the
-    decoder layer whose output is captured, ``sae`` the SAE, and ``encode_features(residual, response_mask)``
-    maps residual activations ``(N, T, d_model)`` to response-pooled features ``(N, d_sae)``.
-    """
-
-    @property
-    def feature_layer(self) -> int: ...
-
-    @property
-    def sae(self) -> SparseAutoencoder: ...
-
-    def bind(self, policy: nn.Module) -> None: ...
-
-    def encode_features(self, residual: Tensor, response_mask: Tensor) -> Tensor: ...
-
-
-def feature_source(objective: Objective) -> FeatureSource:
-    """The part of ``objective`` that defines its SAE features: the objective itself, or the single part of a
-    composite objective (one with an ``objectives`` list, as :class:`~lit_align.objectives.Mixture`) that
-    needs ``sae_features``."""
-    parts = getattr(objective, "objectives", None)
-    if parts is not None:
-        sources = [feature_source(part) for part in parts if "sae_features" in part.needs]
-        if len(sources) != 1:
-            raise ValueError(
-                f"{type(objective).__name__} must hold exactly one objective that reads SAE features "
-                f"(a batch carries one set of features), got {len(sources)}"
-            )
-        return sources[0]
-    if not hasattr(objective, "encode_features"):
-        raise TypeError(
-            f"{type(objective).__name__} needs 'sae_features' but names no SAE: it must define feature_layer, "
-            "sae, bind(policy) and encode_features(residual, response_mask) (see lit_align.objectives.fpo)"
-        )
-    return objective
-
-
 class FPO(Objective):
     """Feature-level constrained Preference Optimization (Yin et al. 2024): SimPO's length-normalised margin
     against an (offline) reference, plus an MSE constraint on a frozen SAE's top-k features at one layer.
@@ -149,85 +108,48 @@ class FPO(Objective):
     or an :class:`~lit_align.reference.OfflineStore` precomputed for the same SAE.
 
     Args:
-        sae_path: the SAE: a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``, as
-            ``tools/train_sae.py`` writes) or a Gemma Scope ``params.npz`` or its folder.
-        layer: decoder layer whose output the SAE reads; unset takes the layer the SAE records. Must lie in
-            ``[0, num_layers)`` and agree with the SAE's own, when it records one.
+        sae_path: shorthand for ``features=SAEFeatures(sae_path, layer)``: a SAELens folder or a Gemma Scope
+            ``params.npz`` (see :class:`~lit_align.sae.SAEFeatures`).
+        layer: the decoder layer the SAE reads (with ``sae_path``); unset takes the layer the SAE records.
         beta: reward scale β > 0; the paper uses 0.1.
         alpha: weight α ≥ 0 of the feature constraint; the paper uses 0.5.
         top_k: features compared per response, the policy's ``k`` largest; at most the SAE's width. Paper: 50.
+        features: the feature extractor (give it, or ``sae_path``).
     """
 
     needs: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "sae_features"})
 
     def __init__(
         self,
-        sae_path: str,
+        sae_path: str | None = None,
         layer: NonNegativeInt | None = None,
         beta: PositiveFloat = 0.1,
         alpha: NonNegativeFloat = 0.5,
         top_k: PositiveInt = 50,
+        features: SAEFeatures | None = None,
     ) -> None:
-        if layer is not None and not layer >= 0:
-            raise ValueError(f"layer must be >= 0, got layer={layer}")
+        if (sae_path is None) == (features is None):
+            raise ValueError("FPO reads the features of one SAE: give one of sae_path (with layer) and features")
+        if features is not None and layer is not None:
+            raise ValueError("FPO's layer goes with sae_path; with features, set the SAEFeatures' layer instead")
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got alpha={alpha}")
         if not top_k >= 1:
             raise ValueError(f"top_k must be >= 1, got top_k={top_k}")
-        self.sae_path = absolute_if_local(sae_path)
-        self.layer = layer
+        self.features = features if features is not None else SAEFeatures(sae_path, layer)
+        self.features.require_width(top_k, "FPO top_k")
         self.beta = check_beta(beta)
         self.alpha = alpha
         self.top_k = top_k
-        self._sae: SparseAutoencoder | None = None
-        self._layer: int | None = None
 
     @property
     def name(self) -> str:
         """Label of this part's loss in a :class:`~lit_align.objectives.Mixture`."""
         return "fpo"
 
-    @property
-    def sae(self) -> SparseAutoencoder:
-        """The frozen SAE (after :meth:`bind`)."""
-        if self._sae is None:
-            raise RuntimeError("FPO's SAE is not loaded yet: call bind(policy) first")
-        return self._sae
-
-    @property
-    def feature_layer(self) -> int:
-        """The decoder layer whose output the SAE reads (after :meth:`bind`)."""
-        if self._layer is None:
-            raise RuntimeError("FPO's SAE is not loaded yet: call bind(policy) first")
-        return self._layer
-
-    def bind(self, policy: nn.Module) -> None:
-        """Load the SAE, frozen, and check it against ``policy``: its width against the policy's hidden size,
-        its layer against the policy's depth, ``top_k`` against its number of features."""
-        sae = load_sae(local_path("model.objective.sae_path", self.sae_path)).requires_grad_(False).eval()
-        layer = self.layer if self.layer is not None else sae.layer
-        if layer is None:
-            raise ValueError(f"the SAE at {self.sae_path} does not record its layer; set FPO's layer")
-        if sae.layer is not None and sae.layer != layer:
-            raise ValueError(f"FPO layer={layer} but the SAE at {self.sae_path} reads layer {sae.layer}")
-        depth = len(decoder_layers(policy))
-        if not layer < depth:
-            raise ValueError(f"FPO layer={layer} does not exist: the policy has {depth} decoder layers")
-        check_sae_width(sae, policy.get_input_embeddings().embedding_dim)
-        if self.top_k > sae.d_sae:
-            raise ValueError(
-                f"FPO top_k={self.top_k} exceeds the width d_sae={sae.d_sae} of the SAE at {self.sae_path}; "
-                f"set top_k ≤ {sae.d_sae}"
-            )
-        self._sae, self._layer = sae, layer
-
-    def encode_features(self, residual: Tensor, response_mask: Tensor) -> Tensor:
-        """SAE features of ``residual`` ``(N, T, d_model)`` mean-pooled over each row's response tokens,
-        ``(N, d_sae)``; the SAE follows the activations to their device."""
-        sae = self.sae
-        if sae.W_enc.device != residual.device:
-            sae.to(residual.device)
-        return pooled_features(sae, residual, response_mask)
+    def feature_extractor(self) -> SAEFeatures:
+        """The extractor of the SAE features FPO constrains."""
+        return self.features
 
     def forward(self, inputs: PreferenceInputs) -> ObjectiveOutput:
         chosen_lengths, rejected_lengths = inputs.chosen_lengths, inputs.rejected_lengths

@@ -10,9 +10,14 @@ The mixture needs the union of what its parts need, logs each part's unweighted 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from jsonargparse.typing import PositiveFloat
 
 from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs
+
+if TYPE_CHECKING:
+    from lit_align.sae.features import SAEFeatures
 
 
 class Mixture(Objective):
@@ -46,6 +51,16 @@ class Mixture(Objective):
     def needs(self) -> frozenset[Need]:  # type: ignore[override]
         """The union of the parts' needs."""
         return frozenset().union(*(o.needs for o in self.objectives))
+
+    def feature_extractor(self) -> SAEFeatures | None:
+        """The extractor of the one part that reads SAE features (a batch carries one set of features)."""
+        extractors = [part.feature_extractor() for part in self.objectives if "sae_features" in part.needs]
+        if len(extractors) > 1:
+            raise ValueError(
+                f"Mixture must hold at most one objective that reads SAE features (a batch carries one set of "
+                f"features), got {len(extractors)}"
+            )
+        return extractors[0] if extractors else None
 
     def forward(self, inputs: PreferenceInputs) -> ObjectiveOutput:
         outputs = [objective(inputs) for objective in self.objectives]

@@ -14,8 +14,8 @@ from lit_align.logprobs import sequence_logps
 from lit_align.objectives.base import Need
 
 if TYPE_CHECKING:
-    from lit_align.objectives.fpo import FeatureSource
     from lit_align.policy import PolicySpec
+    from lit_align.sae.features import SAEFeatures
 
 
 class ReferenceProvider(ABC):
@@ -66,12 +66,12 @@ class ReferenceProvider(ABC):
     def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
         """Summed reference log-probs of each response, ``(2B,)`` in the batch's row order."""
 
-    def attach_features(self, source: FeatureSource) -> None:
-        """Prepare to serve the SAE features of ``source`` (the objective's SAE at one layer); called after
+    def attach_features(self, features: SAEFeatures) -> None:
+        """Prepare to serve the SAE ``features`` (the objective's extractor: an SAE at one layer); called after
         :meth:`attach` when the objective needs ``sae_features``. Online references need nothing."""
         return None
 
-    def sae_features(self, batch: dict[str, Tensor], source: FeatureSource) -> Tensor:
+    def sae_features(self, batch: dict[str, Tensor], features: SAEFeatures) -> Tensor:
         """The reference's SAE features of each response, pooled over its tokens, ``(2B, d_sae)``, no grad."""
         raise NotImplementedError(f"{type(self).__name__} provides no SAE features")
 
@@ -100,7 +100,7 @@ class OnlineReference(ReferenceProvider):
         with torch.no_grad():
             return sequence_logps(hidden, head, batch["input_ids"], batch["response_mask"])
 
-    def sae_features(self, batch: dict[str, Tensor], source: FeatureSource) -> Tensor:
-        residual = self.residual(batch, source.feature_layer)
+    def sae_features(self, batch: dict[str, Tensor], features: SAEFeatures) -> Tensor:
+        residual = self.residual(batch, features.feature_layer)
         with torch.no_grad():
-            return source.encode_features(residual, batch["response_mask"])
+            return features.encode(residual, batch["response_mask"])

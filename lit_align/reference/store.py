@@ -31,7 +31,7 @@ from lit_align.reference.base import ReferenceProvider
 from lit_align.reference.sparse import dense_rows, offsets_of, select_rows, sparse_rows
 
 if TYPE_CHECKING:
-    from lit_align.objectives.fpo import FeatureSource
+    from lit_align.sae.features import SAEFeatures
 
 STORE_FILE = "reference.safetensors"
 STORE_COLUMNS = ("example_key", "chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths")
@@ -70,12 +70,12 @@ def data_fingerprint(keys: Tensor) -> str:
     return hashlib.blake2b(keys.sort().values.numpy().tobytes(), digest_size=16).hexdigest()
 
 
-def sae_fingerprint(features: FeatureSource) -> dict[str, Any]:
+def sae_fingerprint(features: SAEFeatures) -> dict[str, Any]:
     """A fingerprint of an objective's SAE features: the SAE's weights, its layer and its width."""
-    return {"weights": weights_fingerprint(features.sae), "layer": features.feature_layer, "d_sae": features.sae.d_sae}
+    return {"weights": weights_fingerprint(features.sae), "layer": features.feature_layer, "d_sae": features.d_sae}
 
 
-def run_fingerprint(policy: nn.Module, datamodule, features: FeatureSource | None = None) -> dict[str, Any]:
+def run_fingerprint(policy: nn.Module, datamodule, features: SAEFeatures | None = None) -> dict[str, Any]:
     """The fingerprint a store must carry to serve this run (data excluded: coverage is checked key by key;
     the SAE, when the objective reads ``features``, is checked by :meth:`OfflineStore.attach_features`)."""
     fingerprint: dict[str, Any] = {"reference": weights_fingerprint(policy)}
@@ -193,15 +193,15 @@ class OfflineStore(ReferenceProvider):
         if datamodule is not None:
             self._check_coverage(datamodule)
 
-    def attach_features(self, source: FeatureSource) -> None:
-        """Refuse a store without SAE features, or with those of another SAE, layer or width than ``source``'s."""
+    def attach_features(self, features: SAEFeatures) -> None:
+        """Refuse a store without SAE features, or with those of another SAE, layer or width than ``features``'."""
         stored = self.fingerprint.get("sae")
         if stored is None:
             raise ValueError(
                 f"the reference store at {self.path} holds no SAE features; rebuild it with `lit-align precompute` "
                 "and the objective that reads them (FPO)"
             )
-        expected = sae_fingerprint(source)
+        expected = sae_fingerprint(features)
         differ = [part for part, value in expected.items() if stored.get(part) != value]
         if differ:
             found = ", ".join(f"{part} {stored.get(part)} (this run: {expected[part]})" for part in differ)
@@ -232,11 +232,11 @@ class OfflineStore(ReferenceProvider):
     def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
         return torch.cat([self.lookup(batch, "chosen_logps"), self.lookup(batch, "rejected_logps")])
 
-    def sae_features(self, batch: dict[str, Tensor], source: FeatureSource) -> Tensor:
+    def sae_features(self, batch: dict[str, Tensor], features: SAEFeatures) -> Tensor:
         rows = self._rows(batch)
         dense = [
             dense_rows(*(self.columns[f"{side}_feature_{part}"] for part in ("offsets", "indices", "values")),
-                       rows, source.sae.d_sae)
+                       rows, features.d_sae)
             for side in SIDES
         ]
         return torch.cat(dense).to(batch["example_key"].device)
