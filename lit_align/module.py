@@ -28,8 +28,9 @@ from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs
 from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head
-from lit_align.reference import DisabledAdapter, FrozenCopy, OnlineReference, ReferenceProvider
-from lit_align.reference.store import feature_columns
+from lit_align.reference import FrozenCopy, OnlineReference, ReferenceProvider
+from lit_align.reference.default import default_reference
+from lit_align.reference.precompute import reference_columns
 from lit_align.schedule import Schedule
 from lit_align.sharding import FSDPMixedPrecision, wrap_frozen_fsdp1
 from lit_align.token_kl import sequence_logps_and_kl
@@ -42,11 +43,6 @@ WEIGHT_DECAY = 0.0
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """AdamW at lr 5e-6 without weight decay (:data:`WEIGHT_DECAY`)."""
     return torch.optim.AdamW(params, lr=5e-6, weight_decay=WEIGHT_DECAY)
-
-
-def default_reference(policy: PolicySpec) -> ReferenceProvider:
-    """The adapter-disabled base for a LoRA policy, otherwise a frozen copy of the initial policy."""
-    return DisabledAdapter() if policy.lora is not None else FrozenCopy()
 
 
 class AlignmentModule(L.LightningModule):
@@ -241,21 +237,7 @@ class AlignmentModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Reference log-probs of each pair, and its pooled SAE features when the objective reads them (sparse),
         for the offline store (see ``lit-align precompute``)."""
-        batch = self.pair_view(batch)
-        logps = self.reference.sequence_logps(batch)
-        lengths = batch["response_mask"][:, 1:].sum(-1).float()
-        chosen_logps, rejected_logps = logps.chunk(2)
-        chosen_lengths, rejected_lengths = lengths.chunk(2)
-        columns = {
-            "example_key": batch["example_key"],
-            "chosen_logps": chosen_logps,
-            "rejected_logps": rejected_logps,
-            "chosen_lengths": chosen_lengths,
-            "rejected_lengths": rejected_lengths,
-        }
-        if self.feature_extractor is not None:
-            columns.update(feature_columns(self.reference.sae_features(batch, self.feature_extractor)))
-        return columns
+        return reference_columns(self.reference, self.pair_view(batch), self.feature_extractor)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)

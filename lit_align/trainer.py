@@ -9,12 +9,11 @@ from typing import Any
 import lightning as L
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from lit_align.callbacks import NonFiniteGuard, PrecomputeJournal, RemainingPairs
+from lit_align.callbacks import NonFiniteGuard
 from lit_align.checkpoint_io import SafeCheckpointIO
-from lit_align.reference.store import OfflineStore, write_store
+from lit_align.reference.precompute import precompute
 
 _NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
 
@@ -66,10 +65,11 @@ class AlignmentTrainer(L.Trainer):
         :class:`~lit_align.reference.OfflineStore`, fingerprinted.
 
         The store's ``source`` (default: a frozen copy of the initial policy, or the adapter-disabled base for
-        a LoRA policy) is the reference that runs; on several processes each computes its share of the pairs.
+        a LoRA policy) is the reference that runs, and the store's fingerprint records that model's weights; on
+        several processes each computes its share of the pairs.
         Predictions are journaled to the store's ``partial/`` directory as they are made; once all are in, the
         first process merges them into one store and removes the journal. An interrupted run, started again,
-        computes only the pairs not journaled yet (:mod:`lit_align.callbacks.precompute_journal`).
+        computes only the pairs not journaled yet (:mod:`lit_align.reference.precompute`, the one home of this).
 
         Args:
             model: an :class:`~lit_align.module.AlignmentModule` whose reference is an ``OfflineStore``.
@@ -77,27 +77,4 @@ class AlignmentTrainer(L.Trainer):
             every_n_batches: batches per journal shard: after a hard kill (``SIGKILL``), at most this many batches
                 per process are computed again; any other interruption loses none.
         """
-        from lit_align.module import default_reference
-
-        store = model.reference
-        if not isinstance(store, OfflineStore):
-            raise ValueError("precompute fills an offline store: set model.reference to OfflineStore(path=...)")
-        journal = PrecomputeJournal(store.path, every_n_batches)
-        model.reference = store.source or default_reference(model.policy_spec)
-        self.callbacks.append(journal)
-        loggers, self.loggers = self.loggers, []  # a precompute has no metrics: no lightning_logs/version_N
-        try:
-            self.predict(model, datamodule=RemainingPairs(datamodule, journal), return_predictions=False)
-        finally:
-            model.reference = store
-            self.callbacks.remove(journal)
-            self.loggers = loggers
-        self.strategy.barrier("precompute_journal_written")
-        if self.is_global_zero:
-            columns = journal.merged()
-            written = write_store(store.path, columns, journal.fingerprint)
-            journal.remove()
-            pairs = columns["example_key"].unique().numel()
-            rank_zero_info(f"reference store written to {written.resolve()}: {pairs} pairs")
-        self.strategy.barrier("precompute")
-        return Path(store.path)
+        return precompute(self, model, datamodule, every_n_batches)

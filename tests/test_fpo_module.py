@@ -13,8 +13,9 @@ from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO, FPO, SFT, Mixture
 from lit_align.policy import LoraSettings, PolicySpec
 from lit_align.reference import DisabledAdapter, FrozenCopy, OfflineStore
+from lit_align.reference.precompute import feature_columns
 from lit_align.reference.sparse import dense_rows, offsets_of, sparse_rows
-from lit_align.reference.store import feature_columns, read_store, write_store
+from lit_align.reference.store import read_store, write_store
 from lit_align.sae import SAEFeatures, SparseAutoencoder, save_saelens
 from tests.test_module import make_data, make_trainer
 

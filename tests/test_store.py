@@ -13,6 +13,7 @@ from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
 from lit_align.policy import PolicySpec
 from lit_align.reference import FrozenCopy, OfflineStore
+from lit_align.reference.fingerprint import weights_fingerprint
 from lit_align.reference.store import read_store
 from tests.test_module import make_data, make_trainer
 
@@ -69,6 +70,36 @@ def test_store_refused_for_another_model(tmp_path, model_dir, tokenizer_dir, exp
     trainer = make_trainer(tmp_path, 1)
     with pytest.raises(ValueError, match="another reference"):
         trainer.fit(module, make_data(explicit_file, tokenizer_dir, val_fraction=0.25))
+
+
+def test_store_fingerprints_the_model_that_computed_it(tmp_path, model_dir, tokenizer_dir, explicit_file):
+    torch.manual_seed(7)
+    other = LlamaForCausalLM(LlamaConfig.from_pretrained(model_dir))
+    other.save_pretrained(tmp_path / "other")
+    store = tmp_path / "store"
+    source = FrozenCopy(path=str(tmp_path / "other"))
+    data = make_data(explicit_file, tokenizer_dir, val_fraction=0.25)
+    module = AlignmentModule(FDPO(), PolicySpec(path=model_dir), reference=OfflineStore(str(store), source=source))
+    make_trainer(tmp_path, 1).precompute(module, data)
+
+    columns, fingerprint = read_store(store)
+    policy = LlamaForCausalLM.from_pretrained(model_dir)
+    assert fingerprint["reference"] == weights_fingerprint(other) != weights_fingerprint(policy)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    online = FrozenCopy(path=str(tmp_path / "other"))
+    online.attach(policy)
+    rows = [columns["example_key"].tolist().index(key) for key in batch["example_key"].tolist()]
+    torch.testing.assert_close(torch.cat([columns["chosen_logps"][rows], columns["rejected_logps"][rows]]),
+                               online.sequence_logps(batch))
+    # training with the same source is served; a run whose reference is the policy itself is refused
+    served = AlignmentModule(FDPO(), PolicySpec(path=model_dir),
+                             reference=OfflineStore(str(store), source=FrozenCopy(path=str(tmp_path / "other"))))
+    make_trainer(tmp_path, 1, limit_val_batches=0).fit(served, data)
+    assert served.reference.source.model is None, "the source is fingerprinted on a copy, never attached"
+    refused = AlignmentModule(FDPO(), PolicySpec(path=model_dir), reference=OfflineStore(str(store)))
+    with pytest.raises(ValueError, match="another reference"):
+        make_trainer(tmp_path, 1).fit(refused, data)
 
 
 def test_store_refused_for_other_data_or_lengths(tmp_path, model_dir, tokenizer_dir, explicit_file):

@@ -110,7 +110,8 @@ def _module(cfg: Config, method: str):
 
 def precompute(cfg: Config) -> None:
     """In a fresh process: fill the offline store for the benchmark's batch (what ``lit-align precompute`` does)."""
-    from lit_align.reference.store import run_fingerprint, write_store
+    from lit_align.reference.fingerprint import run_fingerprint
+    from lit_align.reference.store import write_store
 
     module = _module(cfg, "fpo-online")
     columns = module.predict_step(_batch(cfg), 0)

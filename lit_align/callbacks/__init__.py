@@ -1,8 +1,9 @@
-"""Lightning callbacks of lit-align: the non-finite step guard and the journal of a resumable precompute,
-the policy written for inference stacks."""
+"""Lightning callbacks of lit-align: the non-finite step guard, the policy written for inference stacks and,
+re-exported from its home in :mod:`lit_align.reference`, the journal of a resumable precompute."""
 
 from lit_align.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
-from lit_align.callbacks.precompute_journal import PrecomputeJournal, RemainingPairs
 from lit_align.callbacks.save_hf import SaveHFModel
+from lit_align.reference.journal import PrecomputeJournal
+from lit_align.reference.precompute import RemainingPairs
 
 __all__ = ["NonFiniteError", "NonFiniteGuard", "PrecomputeJournal", "RemainingPairs", "SaveHFModel"]

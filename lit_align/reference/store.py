@@ -14,13 +14,11 @@ layer and width); a run with another SAE is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from peft import PeftModel
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -28,7 +26,8 @@ from torch import Tensor, nn
 from lit_align.errors import ConfigError
 from lit_align.objectives.base import Need
 from lit_align.reference.base import ReferenceProvider
-from lit_align.reference.sparse import dense_rows, offsets_of, select_rows, sparse_rows
+from lit_align.reference.fingerprint import data_fingerprint, run_fingerprint, sae_fingerprint, source_fingerprint
+from lit_align.reference.sparse import dense_rows, offsets_of, select_rows
 
 if TYPE_CHECKING:
     from lit_align.sae.features import SAEFeatures
@@ -36,67 +35,6 @@ if TYPE_CHECKING:
 STORE_FILE = "reference.safetensors"
 STORE_COLUMNS = ("example_key", "chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths")
 SIDES = ("chosen", "rejected")
-
-
-def weights_fingerprint(model: nn.Module, sample: int = 4096) -> str:
-    """A cheap fingerprint of a model's base weights: names, shapes, dtypes, sums and a strided sample.
-
-    LoRA parameters are skipped and peft's ``base_layer`` renaming undone, so a LoRA policy's base and a
-    plain copy of it agree.
-    """
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(base.state_dict().items()):
-        if "lora_" in name:
-            continue
-        flat = tensor.detach().reshape(-1).float().cpu()
-        stride = max(1, flat.numel() // sample)
-        digest.update(f"{name.replace('base_layer.', '')}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
-        digest.update(f"{flat.double().sum().item():.6e}".encode())
-        digest.update(flat[::stride].numpy().tobytes())
-    return digest.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A fingerprint of a tokenizer's vocabulary, special tokens and chat template."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    digest.update(json.dumps([tokenizer.all_special_tokens, getattr(tokenizer, "chat_template", None)]).encode())
-    return digest.hexdigest()
-
-
-def data_fingerprint(keys: Tensor) -> str:
-    """A fingerprint of the set of example keys a store covers."""
-    return hashlib.blake2b(keys.sort().values.numpy().tobytes(), digest_size=16).hexdigest()
-
-
-def sae_fingerprint(features: SAEFeatures) -> dict[str, Any]:
-    """A fingerprint of an objective's SAE features: the SAE's weights, its layer and its width."""
-    return {"weights": weights_fingerprint(features.sae), "layer": features.feature_layer, "d_sae": features.d_sae}
-
-
-def run_fingerprint(policy: nn.Module, datamodule, features: SAEFeatures | None = None) -> dict[str, Any]:
-    """The fingerprint a store must carry to serve this run (data excluded: coverage is checked key by key;
-    the SAE, when the objective reads ``features``, is checked by :meth:`OfflineStore.attach_features`)."""
-    fingerprint: dict[str, Any] = {"reference": weights_fingerprint(policy)}
-    if datamodule is not None:
-        fingerprint["tokenizer"] = tokenizer_fingerprint(datamodule.tokenizer)
-        lengths = datamodule.lengths
-        fingerprint["lengths"] = [lengths.max_length, lengths.max_prompt_length, lengths.truncation_mode]
-    if features is not None:
-        fingerprint["sae"] = sae_fingerprint(features)
-    return fingerprint
-
-
-def feature_columns(features: Tensor) -> dict[str, Tensor]:
-    """The prediction columns of a batch's pooled reference features ``(2B, d_sae)`` (chosen rows, then
-    rejected), as :func:`write_store` reads them: per-pair non-zero counts, then the non-zeros' indices and values."""
-    columns = {}
-    for side, rows in zip(SIDES, features.chunk(2), strict=True):
-        counts, indices, values = sparse_rows(rows)
-        columns.update({f"{side}_feature_counts": counts, f"{side}_feature_indices": indices,
-                        f"{side}_feature_values": values})
-    return columns
 
 
 def write_store(path: str | Path, columns: dict[str, Tensor], fingerprint: dict[str, Any]) -> Path:
@@ -159,7 +97,9 @@ class OfflineStore(ReferenceProvider):
     Args:
         path: the store's directory.
         source: the online reference the store is computed from by ``precompute`` (default: a frozen copy
-            of the initial policy, or the adapter-disabled base for a LoRA policy). Training never builds it.
+            of the initial policy, or the adapter-disabled base for a LoRA policy). Training does not run it; a
+            source that loads a model of its own (``FrozenCopy(path=...)``) is loaded once, on the CPU, to check
+            the store's fingerprint against its weights, and freed.
     """
 
     provides: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "sae_features"})
@@ -179,7 +119,7 @@ class OfflineStore(ReferenceProvider):
 
     def attach(self, policy: nn.Module, datamodule=None) -> None:
         columns, stored = read_store(self.path)
-        expected = run_fingerprint(policy, datamodule)
+        expected = run_fingerprint(source_fingerprint(self.source, policy), datamodule)
         differ = [part for part, value in expected.items() if stored.get(part) != value]
         if differ:
             values = "".join(f"; {part}: {stored.get(part)} in the store, {expected[part]} in this run"

@@ -3,15 +3,14 @@ interrupted (killed, preempted, out of memory) continues where it stopped instea
 
 The journal is the store's ``partial/`` directory: each process writes shards ``rank{r}-{id}.safetensors`` of up to
 ``every_n_batches`` batches of prediction columns (the sparse SAE feature columns included, concatenated pair by
-pair) with the run's fingerprint (:func:`~lit_align.reference.store.run_fingerprint`) in their metadata. A shard
+pair) with the run's fingerprint (:func:`~lit_align.reference.fingerprint.run_fingerprint`) in their metadata. A shard
 is written under a temporary name and renamed, so it is complete or absent; the buffer is also written when the
 run stops on an exception (``Ctrl-C`` and ``SIGTERM`` included).
 
 On (re)start every process reads the example keys of the shards made for this run's fingerprint (shards of
 another reference, tokenizer, length setting or SAE, and unreadable ones, are ignored and later removed) and
-:class:`RemainingPairs` gives the predict loop only the pairs not journaled yet. At the end
-:meth:`AlignmentTrainer.precompute <lit_align.trainer.AlignmentTrainer.precompute>` merges the journal into the
-store and removes it.
+:class:`~lit_align.reference.precompute.RemainingPairs` gives the predict loop only the pairs not journaled yet.
+At the end :func:`~lit_align.reference.precompute.precompute` merges the journal into the store and removes it.
 """
 
 from __future__ import annotations
@@ -30,9 +29,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
-
-from lit_align.reference.store import run_fingerprint
 
 log = logging.getLogger(__name__)
 JOURNAL_DIR = "partial"
@@ -110,46 +106,6 @@ class PrecomputeJournal(BasePredictionWriter):
             _warn("ignoring %d precompute shards in %s made for another reference, tokenizer, length setting or SAE",
                   foreign, self.directory)
         return shards
-
-
-class RemainingPairs(L.LightningDataModule):
-    """``datamodule``'s prediction pairs less those already in ``journal``, for the predict loop of
-    :meth:`~lit_align.trainer.AlignmentTrainer.precompute`. Every process reads the journal, then all wait for
-    each other (none writes before all have read), so they split the same remaining pairs."""
-
-    def __init__(self, datamodule: L.LightningDataModule, journal: PrecomputeJournal) -> None:
-        super().__init__()
-        self.datamodule = datamodule
-        self.journal = journal
-        self.prepare_data_per_node = datamodule.prepare_data_per_node
-
-    def prepare_data(self) -> None:
-        self.datamodule.trainer = self.trainer
-        self.datamodule.prepare_data()
-
-    def setup(self, stage: str) -> None:
-        self.datamodule.trainer = self.trainer
-        self.datamodule.setup(stage)
-
-    def teardown(self, stage: str) -> None:
-        self.datamodule.teardown(stage)
-
-    def predict_dataloader(self) -> list[DataLoader]:
-        module = self.trainer.lightning_module
-        done = self.journal.start(run_fingerprint(module.policy, self.datamodule, module.feature_extractor))
-        self.trainer.strategy.barrier("precompute_journal_read")
-        loaders = self.datamodule.predict_dataloader()
-        remaining = [_without(loader, done) for loader in (loaders if isinstance(loaders, list) else [loaders])]
-        return [loader for loader in remaining if len(loader.dataset)]
-
-
-def _without(loader: DataLoader, done: set[int]) -> DataLoader:
-    """``loader`` over the pairs whose example key is not in ``done``."""
-    if not done:
-        return loader
-    keep = [row for row, key in enumerate(loader.dataset["example_key"]) if key not in done]
-    return DataLoader(Subset(loader.dataset, keep), batch_size=loader.batch_size, collate_fn=loader.collate_fn,
-                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)
 
 
 @rank_zero_only
