@@ -17,7 +17,6 @@ import lightning as L
 import torch
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -26,7 +25,7 @@ from lit_align.layout import decoder_inputs, packed_view, padded_view, response_
 from lit_align.loading import empty_base, shard_and_load
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
-from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs
+from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs
 from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head
 from lit_align.reference import FrozenCopy, OnlineReference, ReferenceProvider
 from lit_align.reference.default import default_reference
@@ -85,10 +84,10 @@ class AlignmentModule(L.LightningModule):
     ) -> None:
         super().__init__()
         require_counts(**{"model.logits_chunk_size": logits_chunk_size})
-        self.save_hyperparameters(ignore=_python_objects(objective=objective, policy=policy, reference=reference,
-                                                         optimizer=optimizer, schedule=schedule,
-                                                         lr_scheduler=lr_scheduler,
-                                                         mixed_precision=mixed_precision))
+        self.save_hyperparameters()
+        objects = _python_objects(self.hparams)
+        if objects:
+            self.save_hyperparameters(ignore=objects)
         if schedule is not None and lr_scheduler is not None:
             raise ValueError("set model.schedule or model.lr_scheduler, not both")
         self.objective = objective
@@ -118,7 +117,7 @@ class AlignmentModule(L.LightningModule):
             return
         # under FSDP2, built empty when each process can read its own shards after sharding (lit_align/loading.py);
         # not for an offline store, which fingerprints the policy's weights as it attaches
-        empty = self._device_mesh is not None and isinstance(self.reference, FrozenCopy | None)
+        empty = self.device_mesh is not None and isinstance(self.reference, FrozenCopy | None)
         base = empty_base(self.policy_spec) if empty else None
         self.policy = build_policy(self.policy_spec, base).train()
         datamodule = self.trainer.datamodule if self._trainer is not None else None
@@ -134,11 +133,11 @@ class AlignmentModule(L.LightningModule):
             self.reference.attach(self.policy, datamodule)
             if self.feature_extractor is not None:
                 self.reference.attach_features(self.feature_extractor)
-        if self.mixed_precision is not None and self._device_mesh is None:
+        if self.mixed_precision is not None and self.device_mesh is None:
             raise ValueError("model.mixed_precision is FSDP2's (ModelParallelStrategy); under FSDPStrategy set "
                              "trainer.strategy.init_args.mixed_precision, otherwise trainer.precision")
-        if self._device_mesh is not None:
-            self._shard(self._device_mesh)
+        if self.device_mesh is not None:
+            self._shard(self.device_mesh)
         elif self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             if self.reference is not None:  # the strategy wraps the policy itself, but not the reference
                 self.reference.shard(wrap_frozen_fsdp1)
@@ -174,9 +173,10 @@ class AlignmentModule(L.LightningModule):
     def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
         return self.objective(self.preference_inputs(batch))
 
-    def preference_inputs(self, batch: dict[str, Tensor]) -> PreferenceInputs:
-        """Compute, for one batch, exactly the quantities the objective needs."""
-        needs = self.objective.needs
+    def preference_inputs(self, batch: dict[str, Tensor], also: frozenset[Need] = frozenset()) -> PreferenceInputs:
+        """Compute, for one batch, exactly the quantities the objective needs (and those in ``also``, as the
+        evaluation of held-out pairs asks for ``token_kl``)."""
+        needs = self.objective.needs | also
         batch = self.pair_view(batch)
         ids, mask = batch["input_ids"], batch["response_mask"]
         hidden, features = self._policy_hidden(batch)
@@ -264,14 +264,12 @@ class AlignmentModule(L.LightningModule):
             )
 
 
-def _python_objects(**arguments: Any) -> list[str]:
-    """Names of arguments to leave out of the saved hyperparameters.
+def _python_objects(hparams: dict[str, Any]) -> list[str]:
+    """Names of saved hyperparameters to leave out again: those that are Python objects.
 
     Built by LightningCLI, the module's hyperparameters are its parsed config (plain data), so checkpoints
     load weights-only and ``load_from_checkpoint`` rebuilds the module alone. Built from Python, objects are
     left out (they would need pickle) and ``load_from_checkpoint`` takes them again as keyword arguments.
     """
-    if _given_hyperparameters.get() is not None:
-        return []
     plain = (str, int, float, bool, type(None), dict, list)
-    return [name for name, value in arguments.items() if not isinstance(value, plain) or is_dataclass(value)]
+    return [name for name, value in hparams.items() if not isinstance(value, plain) or is_dataclass(value)]

@@ -37,12 +37,18 @@ from lit_align.eval.claims import (
     check_reward_at_equal_kl,
     pareto_frontier,
 )
-from lit_align.eval.sampling_callback import _standard_error
+from lit_align.eval.generation import response_logps
+from lit_align.eval.metrics import standard_error
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
 from lit_align.policy import PolicySpec
-from lit_align.tasks import ControlledTaskDataModule, ControlledTaskSettings, SFTSettings, TinyLlamaSettings
-from lit_align.tasks.sampling import response_logps
+from lit_align.tasks import (
+    ControlledTaskDataModule,
+    ControlledTaskSettings,
+    SentimentOracle,
+    SFTSettings,
+    TinyLlamaSettings,
+)
 from tests.test_module import make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,8 +196,8 @@ def test_callback_logs_metrics_and_texts_to_tensorboard(tiny_task, tmp_path):
     module = AlignmentModule(
         DPO(beta=0.1), PolicySpec(path=str(tiny_task / "sft")), optimizer=partial(torch.optim.AdamW, lr=5e-3)
     )
-    callback = SamplingEvaluation(every_n_steps=2, num_prompts=8, samples_per_prompt=2, max_new_tokens=12,
-                                  num_texts=2)
+    callback = SamplingEvaluation(every_n_steps=2, reward_fn=SentimentOracle(), num_prompts=8, samples_per_prompt=2,
+                                  max_new_tokens=12, num_texts=2)
     logger = TensorBoardLogger(tmp_path, name="tb", version="")
     make_trainer(tmp_path, 4, callbacks=[callback], logger=logger, limit_val_batches=0).fit(module, data)
 
@@ -217,14 +223,16 @@ def test_callback_logs_metrics_and_texts_to_tensorboard(tiny_task, tmp_path):
 def test_standard_error_matches_naive():
     values = torch.tensor([0.2, 0.9, 0.4, 0.4, 0.75])
     naive = statistics.stdev(values.tolist()) / math.sqrt(len(values))
-    assert _standard_error(values, torch.device("cpu")) == pytest.approx(naive)
+    assert standard_error(values, torch.device("cpu")) == pytest.approx(naive)
 
 
 def test_callback_validates_its_arguments():
     with pytest.raises(ValueError, match="every_n_steps must be >= 1"):
-        SamplingEvaluation(every_n_steps=0)
+        SamplingEvaluation(every_n_steps=0, reward_fn=SentimentOracle())
     with pytest.raises(ValueError, match=r"distinct_n\[1\] must be >= 1"):
-        SamplingEvaluation(distinct_n=(1, 0))
+        SamplingEvaluation(distinct_n=(1, 0), reward_fn=SentimentOracle())
+    with pytest.raises(ValueError, match="needs reward_fn"):
+        SamplingEvaluation()
 
 
 # ------------------------------------------------------------------------------------------- claims

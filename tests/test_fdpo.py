@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lit_align.objectives import DPO, FDPO, PreferenceInputs
+from lit_align.objectives import DPO, FDPO, PairwiseObjective, PreferenceInputs
 from lit_align.objectives.functional import fdpo_loss
 
 DIVERGENCES = ["reverse_kl", "forward_kl", "js", "alpha"]
@@ -132,6 +132,9 @@ def test_objective_class_and_validation():
     output = FDPO("js", beta=0.3)(inputs)
     expected, _, _ = fdpo_loss(pc, pr, rc, rr, divergence="js", beta=0.3)
     torch.testing.assert_close(output.losses, expected)
+    shape = PairwiseObjective("sigmoid", "js", beta=0.3)(inputs)  # the same loss through the loss-shape table
+    torch.testing.assert_close(output.losses, shape.losses)
+    torch.testing.assert_close(output.chosen_rewards, shape.chosen_rewards)
     torch.testing.assert_close(DPO(beta=0.3)(inputs).losses, fdpo_loss(pc, pr, rc, rr, divergence="reverse_kl",
                                                                         beta=0.3)[0])
     with pytest.raises(ValueError, match="alpha"):

@@ -6,16 +6,22 @@ import json
 import math
 import random
 import shutil
-from contextlib import nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from lit_align.data import PreferenceDataModule
+from lit_align.eval.generation import ended_before, score_responses
+from lit_align.jsonl import read_jsonl
+from lit_align.module import AlignmentModule
+from lit_align.objectives import DPO
+from lit_align.policy import PolicySpec
+from lit_align.reference import FrozenCopy
 from lit_align.tasks import (
     ControlledTask,
     ControlledTaskDataModule,
@@ -30,9 +36,10 @@ from lit_align.tasks import (
     sentiment_score,
 )
 from lit_align.tasks.corpus import _phrase, make_review, unique_prompts
-from lit_align.tasks.pairs import label_pairs, read_jsonl
+from lit_align.tasks.pairs import label_pairs
 from lit_align.tasks.stages import MARKER, run_stage
 from lit_align.tasks.tokenizer import train_tokenizer
+from tests.test_module import make_trainer
 
 TINY = ControlledTaskSettings(
     n_reviews=400,
@@ -344,47 +351,31 @@ def test_data_module_serves_the_task_pairs(task):
     assert list(old.train_set["example_key"]) == list(dm.train_set["example_key"])
 
 
-class _SameModelTwice:
-    """The report's module protocol, with the SFT model as both policy and reference."""
+def report_run(tmp_path, task, policy_dir, reference=None, **report_args):
+    """A real fit of one step at learning rate 0 (the policy stays as built), validated, with the report."""
+    source = ControlledTask(workdir=str(task.workdir), task=TINY, progress=False)
+    data = PreferenceDataModule(source=source, max_length=128, max_prompt_length=32, batch_size=4)
+    module = AlignmentModule(DPO(), PolicySpec(path=str(policy_dir)), reference=reference,
+                             optimizer=partial(torch.optim.SGD, lr=0.0))
+    report = OracleRewardReport(**report_args)
+    trainer = make_trainer(tmp_path, 1, callbacks=[report], logger=CSVLogger(tmp_path, name="", version=""),
+                           val_check_interval=1, limit_val_batches=1)
+    trainer.fit(module, data)
+    return report
 
-    def __init__(self, model):
-        self.policy = model
 
-    def reference_model(self):
-        return nullcontext(self.policy)
-
-
-def test_report_scores_reference_and_policy_on_heldout_prompts(task):
-    model = LlamaForCausalLM.from_pretrained(task.sft_dir)
-    datamodule = SimpleNamespace(
-        tokenizer=AutoTokenizer.from_pretrained(task.sft_dir), heldout_prompts_path=task.heldout_prompts_path
-    )
-    logged = []
-    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((metrics, step)))
-    trainer = SimpleNamespace(
-        datamodule=datamodule,
-        callback_metrics={"val/rewards/accuracies": torch.tensor(0.75)},
-        loggers=[logger],
-        global_step=7,
-    )
-    report = OracleRewardReport(num_prompts=4, max_new_tokens=10, batch_size=3)
-    report.on_fit_end(trainer, _SameModelTwice(model))
+def test_report_scores_reference_and_policy_on_heldout_prompts(task, tmp_path):
+    report = report_run(tmp_path, task, task.sft_dir, num_prompts=4, max_new_tokens=10, batch_size=3)
     results = report.results
     assert results["policy_reward"] == pytest.approx(results["reference_reward"])  # same model, same seeds
     assert results["policy_kl"] == pytest.approx(0.0, abs=1e-6)
-    assert 0 < results["policy_reward"] < 1 and results["heldout_reward_accuracy"] == pytest.approx(0.75)
-    assert logged[0][1] == 7 and logged[0][0]["task/policy_reward"] == results["policy_reward"]
-    assert "held-out implicit-reward accuracy 0.750" in report.describe(4)
+    assert 0 < results["policy_reward"] < 1 and 0 <= results["heldout_reward_accuracy"] <= 1
+    assert [h["step"] for h in report.history] == [1], "a preset that evaluates once, at the end of training"
+    logged = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"task/reward", "task/kl_reverse", "task/win_rate"} <= set(logged)
+    assert "held-out implicit-reward accuracy" in report.describe(4)
     with pytest.raises(ValueError, match="temperature"):
         OracleRewardReport(temperature=0)
-
-
-class _PolicyAndReference:
-    def __init__(self, policy, reference):
-        self.policy, self.reference = policy, reference
-
-    def reference_model(self):
-        return nullcontext(self.reference)
 
 
 def eos_only_model(tokenizer) -> LlamaForCausalLM:
@@ -402,33 +393,29 @@ def eos_only_model(tokenizer) -> LlamaForCausalLM:
     return model
 
 
-def test_report_keeps_policy_and_reference_apart(task, random_llama):
+def test_report_keeps_policy_and_reference_apart(task, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(task.sft_dir)
-    reference = eos_only_model(tokenizer)
+    eos_only_model(tokenizer).save_pretrained(tmp_path / "eos-only")
+    torch.manual_seed(0)
+    LlamaForCausalLM(TINY.model.llama_config(tokenizer)).save_pretrained(tmp_path / "random")
+    reference = FrozenCopy(path=str(tmp_path / "eos-only"))
+    report = report_run(tmp_path, task, tmp_path / "random", reference=reference, max_new_tokens=8, seed=5)
+
+    policy = LlamaForCausalLM.from_pretrained(tmp_path / "random")
     prompts = [row["prompt"] for row in read_jsonl(task.heldout_prompts_path)]
-    trainer = SimpleNamespace(
-        datamodule=SimpleNamespace(tokenizer=tokenizer, heldout_prompts_path=task.heldout_prompts_path),
-        callback_metrics={},
-        loggers=[],
-        global_step=0,
-    )
-    report = OracleRewardReport(max_new_tokens=8, seed=5)
-    report.on_fit_end(trainer, _PolicyAndReference(random_llama, reference))
-
-    def samples_of(model):
-        return sample_continuations(model, tokenizer, prompts, num_samples=2, max_new_tokens=8, seed=5)
-
-    assert all(y == "" for ys in samples_of(reference) for y in ys)
-    policy_samples = [y for ys in samples_of(random_llama) for y in ys]
-    flat_prompts = [p for p in prompts for _ in range(2)]
-    kl = (
-        response_logps(random_llama, tokenizer, flat_prompts, policy_samples)
-        - response_logps(reference, tokenizer, flat_prompts, policy_samples)
-    ).mean()
+    samples = sample_continuations(policy, tokenizer, prompts, num_samples=2, max_new_tokens=8, seed=5)
+    texts, flat_prompts = [y for ys in samples for y in ys], [p for p in prompts for _ in range(2)]
+    ended = ended_before(tokenizer, flat_prompts, texts, 8)
+    reference_model = LlamaForCausalLM.from_pretrained(tmp_path / "eos-only")
+    kl = (score_responses(policy, tokenizer, flat_prompts, texts, ended=ended)
+          - score_responses(reference_model, tokenizer, flat_prompts, texts, ended=ended)).mean()
+    biased = (response_logps(policy, tokenizer, flat_prompts, texts)
+              - response_logps(reference_model, tokenizer, flat_prompts, texts)).mean()
     assert report.results["reference_reward"] == 0.5 and report.results["reference_reward_std"] == 0.0
-    assert report.results["policy_reward"] == pytest.approx(
-        sum(SentimentOracle()(policy_samples)) / len(policy_samples)
-    )
+    assert report.results["policy_reward"] == pytest.approx(sum(SentimentOracle()(texts)) / len(texts))
     assert report.results["policy_reward"] != 0.5
     assert report.results["policy_kl"] == pytest.approx(kl.item(), rel=1e-5)
-    assert report.results["policy_kl"] > 1.0 and "heldout_reward_accuracy" not in report.results
+    assert not all(ended) and report.results["policy_kl"] != pytest.approx(biased.item(), rel=1e-3), (
+        "cut samples must be scored without the EOS term"
+    )
+    assert report.results["policy_kl"] > 1.0

@@ -68,7 +68,13 @@ from lit_align.eval.plots import plot_calibration, plot_diversity, plot_frontier
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO, FDPO, FPO, TDPO, Objective
 from lit_align.policy import PolicySpec
-from lit_align.tasks import ControlledTaskDataModule, ControlledTaskSettings, SFTSettings, TinyLlamaSettings
+from lit_align.tasks import (
+    ControlledTaskDataModule,
+    ControlledTaskSettings,
+    SentimentOracle,
+    SFTSettings,
+    TinyLlamaSettings,
+)
 from lit_align.tasks.pipeline import TaskArtifacts, build_controlled_task
 from lit_align.tasks.sft import train_sft
 from lit_align.tasks.stages import read_marker, run_stage
@@ -267,6 +273,7 @@ def run_controlled(spec: RunSpec, run_dir: Path) -> dict:
     )
     callback = SamplingEvaluation(
         every_n_steps=spec.run.eval_every_n_steps,
+        reward_fn=SentimentOracle(),
         num_prompts=spec.run.num_prompts,
         samples_per_prompt=spec.run.samples_per_prompt,
         max_new_tokens=spec.task.max_new_tokens,

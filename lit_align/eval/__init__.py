@@ -1,6 +1,7 @@
 """Evaluation of aligned policies: metrics (KL, entropy, distinct-n, win rate, calibration), scoring of sampled
 responses, held-out pair statistics, and a callback that samples and logs them during training."""
 
+from lit_align.eval.generation import ended_before, response_batch, sample_continuations, score_responses
 from lit_align.eval.metrics import (
     DistinctN,
     PreferenceCalibrationError,
@@ -12,7 +13,6 @@ from lit_align.eval.metrics import (
 )
 from lit_align.eval.pairs import PairStatistics, pair_statistics
 from lit_align.eval.sampling_callback import SamplingEvaluation
-from lit_align.eval.scoring import ended_before, score_responses
 
 __all__ = [
     "DistinctN",
@@ -25,6 +25,8 @@ __all__ = [
     "ended_before",
     "ngram_ids",
     "pair_statistics",
+    "response_batch",
+    "sample_continuations",
     "score_responses",
     "token_entropy",
 ]

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from jsonargparse.typing import PositiveInt
 from torch import Tensor
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric, SumMetric
 from torchmetrics.classification import MulticlassCalibrationError
 
 
@@ -179,3 +179,25 @@ class PreferenceCalibrationError(MulticlassCalibrationError):
         """
         p = torch.sigmoid(margins.detach().float())
         super().update(torch.stack([1 - p, p], dim=-1), torch.ones_like(p, dtype=torch.long))
+
+
+def standard_error(values: Tensor, device: torch.device) -> float:
+    """Standard error of the mean of ``values`` over all processes: ``sqrt((E[v²] - E[v]²) / (n - 1))``."""
+    count = reduced(SumMetric(), torch.ones_like(values), device=device)
+    return standard_deviation(values, device) / max(1.0, count - 1) ** 0.5
+
+
+def standard_deviation(values: Tensor, device: torch.device) -> float:
+    """Population standard deviation of ``values`` over all processes: ``sqrt(E[v²] - E[v]²)``."""
+    values = values.double()
+    mean = reduced(MeanMetric(), values, device=device)
+    mean_square = reduced(MeanMetric(), values.square(), device=device)
+    return max(0.0, mean_square - mean**2) ** 0.5
+
+
+def reduced(metric: Metric, *inputs: Tensor, device: torch.device) -> float:
+    """Update a fresh metric with this process's inputs and compute it over all processes (on ``device``, where
+    the processes' collectives run)."""
+    metric = metric.to(device)
+    metric.update(*(x.to(device) for x in inputs))
+    return float(metric.compute())

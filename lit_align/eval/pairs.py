@@ -15,13 +15,8 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
-from lit_align.objectives.base import ObjectiveOutput, PreferenceInputs
-from lit_align.policy import final_hidden, lm_head
+from lit_align.objectives.base import ObjectiveOutput
 from lit_align.reference import OnlineReference
-from lit_align.token_kl import sequence_logps_and_kl
-
-SINGLE_PASS = frozenset({"reference_logps", "token_kl"})
-"""What one pass of policy and reference gives besides the policy's log-probs."""
 
 
 @dataclass(frozen=True)
@@ -73,21 +68,8 @@ def pair_statistics(module, batches: Iterable[dict[str, Tensor]]) -> PairStatist
 
 
 def _pair_pass(module, batch: dict[str, Tensor], online: bool) -> tuple[ObjectiveOutput, Tensor | None]:
-    """The objective's output and, with an online reference, the sequential KL of every row.
-
-    An objective that reads only log-probs and token KL gets its inputs from the same single pass of each model
-    that gives the KL (as the module computes them for TDPO); any other goes through ``module(batch)``.
-    """
-    if not online:
-        return module(batch), None
-    ids, mask = batch["input_ids"], batch["response_mask"]
-    hidden = final_hidden(module.policy, ids, batch["attention_mask"])
-    ref_hidden, ref_head = module.reference.final_hidden(batch)
-    token_kl = sequence_logps_and_kl(hidden, lm_head(module.policy), ref_hidden, ref_head, ids, mask)
-    if not module.objective.needs <= SINGLE_PASS:
-        return module(batch), token_kl.seq_kl
-    lengths = mask[:, 1:].sum(-1).float()
-    inputs = PreferenceInputs(
-        *token_kl.policy_logps.chunk(2), *lengths.chunk(2), *token_kl.ref_logps.chunk(2), *token_kl.seq_kl.chunk(2)
-    )
-    return module.objective(inputs), token_kl.seq_kl
+    """The objective's output and, with an online reference, the sequential KL of every row, from the module's
+    own :meth:`~lit_align.module.AlignmentModule.preference_inputs` (asked for ``token_kl`` as well)."""
+    inputs = module.preference_inputs(batch, also=frozenset({"token_kl"}) if online else frozenset())
+    seq_kl = torch.cat([inputs.chosen_seq_kl, inputs.rejected_seq_kl]) if online else None
+    return module.objective(inputs), seq_kl

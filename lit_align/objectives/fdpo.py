@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from jsonargparse.typing import OpenUnitInterval, PositiveFloat
 from torch import Tensor
 
-from lit_align.objectives.base import check_beta
+from lit_align.objectives.base import ObjectiveOutput, PreferenceInputs, check_beta
 from lit_align.objectives.divergences import Divergence, f_prime
 from lit_align.objectives.pairwise import PairwiseObjective
 
@@ -60,8 +60,8 @@ def fdpo_loss(
 
 class FDPO(PairwiseObjective):
     """DPO with an f-divergence constraint (Wang et al. 2023); ``divergence="reverse_kl"`` is plain DPO.
-    It is the ``sigmoid`` shape of :class:`~lit_align.objectives.PairwiseObjective`, whose loss is
-    :func:`fdpo_loss`.
+    It is the ``sigmoid`` shape of :class:`~lit_align.objectives.PairwiseObjective` (one validation of its
+    settings), computed by :func:`fdpo_loss`.
 
     Intuition from the paper: reverse KL is mode-seeking and trades diversity for reward; forward KL is
     mass-covering and keeps diversity; JS and α-divergences sit in between.
@@ -80,6 +80,18 @@ class FDPO(PairwiseObjective):
         alpha: OpenUnitInterval = 0.5,
     ) -> None:
         super().__init__(shape="sigmoid", divergence=divergence, beta=beta, alpha=alpha)
+
+    def forward(self, inputs: PreferenceInputs) -> ObjectiveOutput:
+        losses, chosen_rewards, rejected_rewards = fdpo_loss(
+            inputs.policy_chosen_logps,
+            inputs.policy_rejected_logps,
+            inputs.ref_chosen_logps,
+            inputs.ref_rejected_logps,
+            divergence=self.divergence,
+            beta=self.beta,
+            alpha=self.alpha,
+        )
+        return ObjectiveOutput(losses, chosen_rewards, rejected_rewards)
 
 
 class DPO(FDPO):

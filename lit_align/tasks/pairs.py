@@ -7,11 +7,9 @@ samples all score the same is a tie and gives no pair (ties are counted). Rows a
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from lit_align.tasks.oracle import SentimentOracle
 
@@ -67,16 +65,3 @@ def label_pairs(
         mean_margin=statistics.fmean(r["chosen_reward"] - r["rejected_reward"] for r in rows) if rows else 0.0,
     )
     return rows, stats
-
-
-def write_jsonl(rows: Sequence[dict], path: str | Path) -> None:
-    """Write one JSON object per line."""
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read one JSON object per line."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

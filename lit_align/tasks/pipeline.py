@@ -25,10 +25,11 @@ from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from lit_align.eval.generation import sample_continuations
+from lit_align.jsonl import read_jsonl, write_jsonl
 from lit_align.tasks.corpus import make_review, unique_prompts
 from lit_align.tasks.oracle import SentimentOracle
-from lit_align.tasks.pairs import label_pairs, read_jsonl, write_jsonl
-from lit_align.tasks.sampling import sample_continuations
+from lit_align.tasks.pairs import label_pairs
 from lit_align.tasks.sft import SFTSettings, TinyLlamaSettings, train_sft
 from lit_align.tasks.stages import StageResult, run_stage
 from lit_align.tasks.tokenizer import train_tokenizer

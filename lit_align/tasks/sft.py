@@ -7,7 +7,6 @@ linear warm-up and cosine decay.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +15,12 @@ import torch
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor
 from torch.utils.data import DataLoader
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    get_cosine_with_min_lr_schedule_with_warmup,
+)
 
 
 @dataclass(frozen=True)
@@ -111,13 +115,7 @@ class CausalLMSFT(L.LightningModule):
         s = self.settings
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
 
-        def schedule(step: int) -> float:
-            if step < s.warmup_steps:
-                return (step + 1) / s.warmup_steps
-            progress = (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps)
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, s.warmup_steps, s.max_steps, min_lr_rate=0.1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
