@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tools.common import train_bpe_tokenizer
 
 HH_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 CHAT_TEMPLATE = (
@@ -57,19 +58,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def tokenizer_dir(tmp_path_factory) -> str:
     """A byte-level BPE tokenizer (vocab 512) trained on HH text, with EOS, pad and a chat template."""
     texts = [row["chosen"] for row in hh_rows(400)] + [json.dumps(explicit_rows())]
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    wrapped.chat_template = CHAT_TEMPLATE
+    wrapped = train_bpe_tokenizer(texts, vocab_size=512, extra_special_tokens=["<|user|>", "<|assistant|>"],
+                                  chat_template=CHAT_TEMPLATE)
     target = tmp_path_factory.mktemp("tokenizer")
     wrapped.save_pretrained(target)
     return str(target)

@@ -1,11 +1,12 @@
 """Evaluation: each metric against a naive implementation, merged states equal one pass (the multi-process
 reduction), scoring against the task's log-probs, the sampling callback logging to TensorBoard, the claim checks
-on made-up results, and a two-run sweep through tools/frontier.py."""
+on made-up results, and a two-run sweep through ``python -m tools.frontier``."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import statistics
 import subprocess
@@ -29,14 +30,6 @@ from lit_align.eval import (
     ended_before,
     score_responses,
 )
-from lit_align.eval.claims import (
-    RunSummary,
-    check_diversity_order,
-    check_ece_changes,
-    check_kl_balance,
-    check_reward_at_equal_kl,
-    pareto_frontier,
-)
 from lit_align.eval.generation import response_logps
 from lit_align.eval.metrics import standard_error
 from lit_align.module import AlignmentModule
@@ -50,6 +43,14 @@ from lit_align.tasks import (
     TinyLlamaSettings,
 )
 from tests.test_module import make_trainer
+from tools.frontier.claims import (
+    RunSummary,
+    check_diversity_order,
+    check_ece_changes,
+    check_kl_balance,
+    check_reward_at_equal_kl,
+    pareto_frontier,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TASK = ControlledTaskSettings(
@@ -284,14 +285,15 @@ def test_claim_checks_report_failures_as_such():
 @pytest.mark.slow
 def test_frontier_micro_sweep_writes_table_and_figures_and_caches_runs(tmp_path):
     command = [
-        sys.executable, str(REPO / "tools" / "frontier.py"), "--quick",
+        sys.executable, "-m", "tools.frontier", "--quick",
         "--workdir", str(tmp_path / "work"), "--out_dir", str(tmp_path / "out"),
         "--objectives", '["dpo", "tdpo2"]', "--betas", "[0.3]", "--hh.enabled", "false",
         "--task.n_reviews", "600", "--task.n_train_prompts", "96", "--task.n_val_prompts", "48",
         "--task.n_heldout_prompts", "16", "--task.sft.max_steps", "60", "--run.eval_every_n_steps", "3",
         "--run.num_prompts", "16",
     ]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False, cwd=tmp_path)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "out"
     report = (out / "frontier.md").read_text()
@@ -305,6 +307,6 @@ def test_frontier_micro_sweep_writes_table_and_figures_and_caches_runs(tmp_path)
     history = json.loads(results[0].read_text())["history"]
     assert history[0]["step"] == 0 and history[-1]["step"] > 0
 
-    second = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "2 cached; running 0" in second.stderr

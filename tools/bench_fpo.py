@@ -21,7 +21,7 @@ loaded by ``FPO`` as in training. Each configuration runs in a fresh ``spawn`` c
 On the CPU, memory is the process's resident set (``ru_maxrss``, high-water mark reset with
 ``/proc/self/clear_refs``, Linux); on CUDA it is ``torch.cuda`` allocated memory. Run::
 
-    python tools/bench_fpo.py                      # CPU; --device cuda on a GPU
+    python -m tools.bench_fpo                      # CPU; --device cuda on a GPU
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools.common import peak_memory_mib, reset_peak_memory
 
 METHODS = ("dpo", "fpo-online", "fpo-store")
 
@@ -128,24 +130,6 @@ def _resident_mib(cfg: Config) -> float:
         return int(file.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _reset_peak(cfg: Config) -> None:
-    import torch
-
-    if cfg.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        return
-    with open("/proc/self/clear_refs", "w") as file:
-        file.write("5")
-
-
-def _peak_mib(cfg: Config) -> float:
-    import torch
-
-    if cfg.device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def _step(module, batch) -> None:
     module.objective(module.preference_inputs(batch)).loss.backward()
     module.policy.zero_grad(set_to_none=True)
@@ -168,11 +152,11 @@ def run_config(cfg: Config) -> tuple[float, float, float]:
     batch = _batch(cfg)
     _synchronize(cfg)
     resident = _resident_mib(cfg)
-    _reset_peak(cfg)
-    baseline = _peak_mib(cfg)
+    reset_peak_memory(cfg.device)
+    baseline = peak_memory_mib(cfg.device)
     _step(module, batch)
     _synchronize(cfg)
-    step_peak = _peak_mib(cfg) - baseline
+    step_peak = peak_memory_mib(cfg.device) - baseline
 
     seconds = []
     for _ in range(cfg.steps):

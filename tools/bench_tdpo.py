@@ -12,7 +12,7 @@ the step: the peak (``ru_maxrss``) after the step minus the resident set after b
 with the kernel's high-water mark reset just before the step (``/proc/self/clear_refs``, Linux). Time is the
 faster of two steps. Run::
 
-    python tools/bench_tdpo.py                # vocab 32k and 128k, hidden 256, 2 layers, 2 pairs, length 256
+    python -m tools.bench_tdpo                # vocab 32k and 128k, hidden 256, 2 layers, 2 pairs, length 256
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing
-import resource
 import time
 from dataclasses import dataclass
+
+from tools.common import peak_memory_mib, reset_peak_memory
 
 METHODS = ("dpo", "tdpo-naive", "tdpo-chunked")
 
@@ -38,18 +39,6 @@ class Config:
     prompt_len: int
     dpo_chunk_size: int
     tdpo_chunk_size: int
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as file:
-            file.write("5")
-    except OSError:
-        pass  # not Linux: the baseline is then the earlier peak, and the growth a lower bound
 
 
 def _build(cfg: Config):
@@ -116,12 +105,12 @@ def _step(cfg: Config, policy, reference, input_ids, attention_mask, response_ma
 def run_config(cfg: Config) -> tuple[float, float]:
     """In a fresh process: build, then return (peak memory growth of the first step in MiB, seconds)."""
     models_and_inputs = _build(cfg)
-    _reset_peak_rss()
-    baseline = _peak_rss_mib()
+    reset_peak_memory()
+    baseline = peak_memory_mib()
     start = time.perf_counter()
     _step(cfg, *models_and_inputs)
     first = time.perf_counter() - start
-    peak = _peak_rss_mib() - baseline
+    peak = peak_memory_mib() - baseline
     start = time.perf_counter()
     _step(cfg, *models_and_inputs)
     return peak, min(first, time.perf_counter() - start)

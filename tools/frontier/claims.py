@@ -1,4 +1,4 @@
-"""The papers' claims, checked one by one on the results of a sweep of objectives × β (``tools/frontier.py``).
+"""The papers' claims, checked one by one on the results of a sweep of objectives × β (``python -m tools.frontier``).
 
 Each check returns a :class:`Verdict`: ``holds``, ``partly`` (at some β only), ``does not hold`` or ``not
 measured`` (a run it needs is missing), with the numbers behind it, one line per β. A claim is judged on

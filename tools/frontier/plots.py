@@ -1,4 +1,4 @@
-"""Figures of a sweep of objectives × β (``tools/frontier.py``): the reward-vs-KL frontier, diversity against
+"""Figures of a sweep of objectives × β (``python -m tools.frontier``): the reward-vs-KL frontier, diversity against
 reward, and calibration. Needs matplotlib (``pip install lit-align[eval]``); drawn with the Agg backend."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_align.eval.claims import RunSummary, calibration, pareto_frontier
+from tools.frontier.claims import RunSummary, calibration, pareto_frontier
 
 FDPO_FAMILY = ("dpo", "alpha_0.3", "js", "alpha_0.5", "alpha_0.7", "forward_kl")
 TOKEN_LEVEL = ("dpo", "tdpo1", "tdpo2", "fpo")

@@ -1,0 +1,1 @@
+"""lit-align's tools: benchmarks, the frontier sweep, SAE training, LoRA merging, and their shared helpers."""
