@@ -1,4 +1,4 @@
-"""Smoke test of ``tools/bench.py --quick``: every arm trains 4 steps of a tiny model on the same batches, and
+"""Smoke test of ``python -m tools.bench --quick``: every arm trains 4 steps of a tiny model on the same batches, and
 lit-align's first steps agree with the plain loop's (and TRL's, when the ``bench`` extra is installed)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import HH_FILE
 
-BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench.py"
+ROOT = Path(__file__).resolve().parents[1]
 HAS_TRL = importlib.util.find_spec("trl") is not None
 NO_TRL = "trl is not installed: pip install -e '.[bench]' to benchmark against TRL's DPOTrainer"
 
@@ -23,8 +23,8 @@ def quick(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "summary.json"
     arms = ["plain", "lit-align", "lit-align-padded"] + (["trl"] if HAS_TRL else [])
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--data", str(HH_FILE), "--out", str(out), "--arms", *arms],
-        capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "tools.bench", "--quick", "--data", str(HH_FILE), "--out", str(out), "--arms", *arms],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text())["summary"], done.stdout

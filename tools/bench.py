@@ -35,8 +35,8 @@ tokens.
 Shared everywhere: fp32 weights, AdamW(lr, betas (0.9, 0.999), eps 1e-8, weight decay 0), β = 0.1, dropout off.
 Run::
 
-    python tools/bench.py                       # the full benchmark (about 20 minutes on 2 cores)
-    python tools/bench.py --quick               # a smoke test: tiny model, 2 steps, 1 thread, plain + lit-align + trl
+    python -m tools.bench                       # the full benchmark (about 20 minutes on 2 cores)
+    python -m tools.bench --quick               # a smoke test: tiny model, 2 steps, 1 thread, plain + lit-align + trl
 
 TRL is an optional extra (``pip install -e ".[bench]"``); without it the TRL arms are skipped, saying so.
 """
@@ -50,7 +50,6 @@ import importlib.util
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from tools.common import peak_memory_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -193,10 +194,6 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- the arms (child)
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 class StepLog:
     """What an arm records: per-step wall and CPU time (all threads of the process), non-pad and computed tokens,
     the first steps' loss and metrics, and a hash of the first batches (to show all arms train on the same ones)."""
@@ -232,7 +229,7 @@ class StepLog:
 
     def result(self, extra: dict[str, Any]) -> dict[str, Any]:
         return {"times": self.times, "cpu_times": self.cpu_times, "tokens": [int(t) for t in self.tokens],
-                "padded": self.padded, "first": self.first, "hashes": self.hashes, "peak_rss_mib": peak_rss_mib(),
+                "padded": self.padded, "first": self.first, "hashes": self.hashes, "peak_rss_mib": peak_memory_mib(),
                 **extra}
 
 
@@ -428,7 +425,7 @@ def launch(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         (workdir / folder).mkdir(exist_ok=True)
     spec_path.write_text(json.dumps(spec))
     with open(spec["log"], "w") as output:
-        done = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], stdout=output,
+        done = subprocess.run([sys.executable, "-m", "tools.bench", "--child", str(spec_path)], stdout=output,
                               stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
                               cwd=ROOT)
     if done.returncode != 0:
