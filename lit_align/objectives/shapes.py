@@ -22,109 +22,30 @@ and so does lit-align.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from jsonargparse.typing import restricted_number_type
 from torch import Tensor
 
 from lit_align.objectives.divergences import capped_exp
-
-ShapeName = Literal[
-    "sigmoid",
-    "conservative",
-    "robust",
-    "hinge",
-    "ipo",
-    "exo_pair",
-    "nca_pair",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sigmoid_norm",
-]
-
-LabelSmoothing = restricted_number_type(
-    "LabelSmoothing", float, [(">=", 0.0), ("<", 0.5)], docstring="label smoothing ε in [0, 0.5)"
+from lit_align.objectives.shape_types import (
+    LOSS_SHAPES,
+    LabelSmoothing,
+    LossShape,
+    Pair,
+    ShapeName,
+    ShapeParams,
+    register,
 )
-"""ε in [0, 0.5): the probability that a preference label is flipped (cDPO, rDPO, AOT) or EXO's target ε."""
 
-
-@dataclass(frozen=True)
-class Pair:
-    """What a loss shape may read, one value per pair: every tensor has shape ``(batch,)``."""
-
-    chosen: Tensor
-    """``s_w = f'(π_θ(y_w|x) / π_ref(y_w|x)) - f'(1)``; the log-ratio ``r_w`` under the reverse KL."""
-    rejected: Tensor
-    """``s_l``, the same for the rejected response."""
-    chosen_lengths: Tensor
-    """Response tokens of the chosen response (≥ 1)."""
-    rejected_lengths: Tensor
-    policy_margin: Tensor
-    """``log π_θ(y_w|x) - log π_θ(y_l|x)`` (read by AOT only)."""
-    reference_margin: Tensor
-    """``log π_ref(y_w|x) - log π_ref(y_l|x)`` (read by AOT only)."""
-
-    @property
-    def margin(self) -> Tensor:
-        """``Δ = s_w - s_l``."""
-        return self.chosen - self.rejected
-
-    @property
-    def length_normalised_margin(self) -> Tensor:
-        """``s_w / ℓ_w - s_l / ℓ_l`` (lengths clamped at 1, as TRL)."""
-        chosen = self.chosen / self.chosen_lengths.clamp(min=1)
-        return chosen - self.rejected / self.rejected_lengths.clamp(min=1)
-
-
-@dataclass(frozen=True)
-class ShapeParams:
-    """Hyperparameters a loss shape may read."""
-
-    beta: float
-    label_smoothing: float = 0.0
-    discopop_tau: float = 0.05
-
-
-@dataclass(frozen=True)
-class LossShape:
-    """A registered shape: the per-pair loss and what it accepts."""
-
-    loss: Callable[[Pair, ShapeParams], Tensor]
-    f_divergence: bool
-    """Whether the shape accepts a divergence other than the reverse KL."""
-    label_smoothing: Literal["unused", "optional", "required"]
-    """Whether the shape reads ε: ``unused`` ones refuse ε > 0, ``required`` ones refuse ε = 0."""
-
-
-LOSS_SHAPES: dict[str, LossShape] = {}
-"""Every loss shape by its YAML name (the values of :data:`ShapeName`)."""
-
-
-def _register(
-    name: str, *, f_divergence: bool, label_smoothing: Literal["unused", "optional", "required"] = "unused"
-) -> Callable[[Callable[[Pair, ShapeParams], Tensor]], Callable[[Pair, ShapeParams], Tensor]]:
-    def add(loss: Callable[[Pair, ShapeParams], Tensor]) -> Callable[[Pair, ShapeParams], Tensor]:
-        LOSS_SHAPES[name] = LossShape(loss, f_divergence, label_smoothing)
-        return loss
-
-    return add
-
+__all__ = ["LOSS_SHAPES", "LabelSmoothing", "LossShape", "Pair", "ShapeName", "ShapeParams"]
 
 def conservative_logistic(z: Tensor, label_smoothing: float) -> Tensor:
     """``-(1 - ε) log σ(z) - ε log σ(-z)``: the logistic loss when a label is flipped with probability ε."""
     return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
-@_register("sigmoid", f_divergence=True)
+@register("sigmoid", f_divergence=True)
 def sigmoid(pair: Pair, hp: ShapeParams) -> Tensor:
     """DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290, Eq. 7): ``L = -log σ(β Δ)``.
 
@@ -133,7 +54,7 @@ def sigmoid(pair: Pair, hp: ShapeParams) -> Tensor:
     return -F.logsigmoid(hp.beta * pair.margin)
 
 
-@_register("conservative", f_divergence=True, label_smoothing="optional")
+@register("conservative", f_divergence=True, label_smoothing="optional")
 def conservative(pair: Pair, hp: ShapeParams) -> Tensor:
     """Conservative DPO, cDPO (Mitchell 2023, "A note on DPO with noisy preferences & relationship to IPO",
     https://ericmitchell.ai/cdpo.pdf): ``L = -(1 - ε) log σ(β Δ) - ε log σ(-β Δ)``.
@@ -143,7 +64,7 @@ def conservative(pair: Pair, hp: ShapeParams) -> Tensor:
     return conservative_logistic(hp.beta * pair.margin, hp.label_smoothing)
 
 
-@_register("robust", f_divergence=True, label_smoothing="optional")
+@register("robust", f_divergence=True, label_smoothing="optional")
 def robust(pair: Pair, hp: ShapeParams) -> Tensor:
     """Robust DPO, rDPO (Chowdhury et al. 2024, "Provably Robust DPO", https://arxiv.org/abs/2403.00409):
 
@@ -155,7 +76,7 @@ def robust(pair: Pair, hp: ShapeParams) -> Tensor:
     return (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
 
 
-@_register("hinge", f_divergence=True)
+@register("hinge", f_divergence=True)
 def hinge(pair: Pair, hp: ShapeParams) -> Tensor:
     """Hinge loss of SLiC (Zhao et al. 2023, "SLiC-HF", https://arxiv.org/abs/2305.10425) in the
     reference-normalised form of RSO (Liu et al. 2023, https://arxiv.org/abs/2309.06657):
@@ -167,7 +88,7 @@ def hinge(pair: Pair, hp: ShapeParams) -> Tensor:
     return torch.relu(1 - hp.beta * pair.margin)
 
 
-@_register("ipo", f_divergence=True)
+@register("ipo", f_divergence=True)
 def ipo(pair: Pair, hp: ShapeParams) -> Tensor:
     """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences",
     https://arxiv.org/abs/2310.12036, Eq. 17, with τ = β): ``L = (s_w/ℓ_w - s_l/ℓ_l - 1/(2β))²``.
@@ -178,7 +99,7 @@ def ipo(pair: Pair, hp: ShapeParams) -> Tensor:
     return (pair.length_normalised_margin - 1 / (2 * hp.beta)) ** 2
 
 
-@_register("exo_pair", f_divergence=True, label_smoothing="required")
+@register("exo_pair", f_divergence=True, label_smoothing="required")
 def exo_pair(pair: Pair, hp: ShapeParams) -> Tensor:
     """EXO for pairs (Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment",
     https://arxiv.org/abs/2402.00856, Eq. 16): ``KL(q ‖ p)`` between ``q = (σ(βΔ), σ(-βΔ))`` and the smoothed
@@ -193,7 +114,7 @@ def exo_pair(pair: Pair, hp: ShapeParams) -> Tensor:
     )
 
 
-@_register("nca_pair", f_divergence=False)
+@register("nca_pair", f_divergence=False)
 def nca_pair(pair: Pair, hp: ShapeParams) -> Tensor:
     """NCA for pairs (Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit
     Rewards", https://arxiv.org/abs/2402.05369): ``L = -log σ(β r_w) - ½ log σ(-β r_w) - ½ log σ(-β r_l)``."""
@@ -201,7 +122,7 @@ def nca_pair(pair: Pair, hp: ShapeParams) -> Tensor:
     return -F.logsigmoid(chosen) - 0.5 * F.logsigmoid(-chosen) - 0.5 * F.logsigmoid(-rejected)
 
 
-@_register("bco_pair", f_divergence=False)
+@register("bco_pair", f_divergence=False)
 def bco_pair(pair: Pair, hp: ShapeParams) -> Tensor:
     """BCO for pairs (Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment",
     https://arxiv.org/abs/2404.04656): ``L = -log σ(β r_w) - log σ(-β r_l)``.
@@ -212,7 +133,7 @@ def bco_pair(pair: Pair, hp: ShapeParams) -> Tensor:
     return -F.logsigmoid(hp.beta * pair.chosen) - F.logsigmoid(-hp.beta * pair.rejected)
 
 
-@_register("sppo_hard", f_divergence=False)
+@register("sppo_hard", f_divergence=False)
 def sppo_hard(pair: Pair, hp: ShapeParams) -> Tensor:
     """SPPO with hard labels (Wu et al. 2024, "Self-Play Preference Optimization for Language Model
     Alignment", https://arxiv.org/abs/2405.00675, Eq. 4.7 of Algorithm 1 with P = 1 for the winner and 0 for
@@ -224,7 +145,7 @@ def sppo_hard(pair: Pair, hp: ShapeParams) -> Tensor:
     return (pair.chosen - 0.5 / hp.beta) ** 2 + (pair.rejected + 0.5 / hp.beta) ** 2
 
 
-@_register("aot", f_divergence=False, label_smoothing="optional")
+@register("aot", f_divergence=False, label_smoothing="optional")
 def aot(pair: Pair, hp: ShapeParams) -> Tensor:
     """AOT, paired (Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal Transport",
     https://arxiv.org/abs/2406.05882): with ``ρ = log π(y_w|x) - log π(y_l|x)`` and ``sort`` over the batch,
@@ -236,7 +157,7 @@ def aot(pair: Pair, hp: ShapeParams) -> Tensor:
     return conservative_logistic(hp.beta * delta, hp.label_smoothing)
 
 
-@_register("aot_unpaired", f_divergence=False, label_smoothing="optional")
+@register("aot_unpaired", f_divergence=False, label_smoothing="optional")
 def aot_unpaired(pair: Pair, hp: ShapeParams) -> Tensor:
     """AOT, unpaired (Melnyk et al. 2024, https://arxiv.org/abs/2406.05882): the chosen and rejected log-ratio
     distributions are compared quantile by quantile, ``δ_(i) = sort(r_w)_i - sort(r_l)_i``, then
@@ -245,7 +166,7 @@ def aot_unpaired(pair: Pair, hp: ShapeParams) -> Tensor:
     return conservative_logistic(hp.beta * delta, hp.label_smoothing)
 
 
-@_register("apo_zero", f_divergence=False)
+@register("apo_zero", f_divergence=False)
 def apo_zero(pair: Pair, hp: ShapeParams) -> Tensor:
     """APO-zero (D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions",
     https://arxiv.org/abs/2408.06266, Eq. 7): ``L = 1 - σ(β r_w) + σ(β r_l)``; raises the chosen likelihood
@@ -253,7 +174,7 @@ def apo_zero(pair: Pair, hp: ShapeParams) -> Tensor:
     return 1 - torch.sigmoid(hp.beta * pair.chosen) + torch.sigmoid(hp.beta * pair.rejected)
 
 
-@_register("apo_down", f_divergence=False)
+@register("apo_down", f_divergence=False)
 def apo_down(pair: Pair, hp: ShapeParams) -> Tensor:
     """APO-down (D'Oosterlinck et al. 2024, https://arxiv.org/abs/2408.06266, Eq. 8):
     ``L = σ(β r_w) + 1 - σ(β (r_w - r_l))``; lowers both likelihoods, the rejected more, for chosen outputs
@@ -261,7 +182,7 @@ def apo_down(pair: Pair, hp: ShapeParams) -> Tensor:
     return torch.sigmoid(hp.beta * pair.chosen) + 1 - torch.sigmoid(hp.beta * pair.margin)
 
 
-@_register("discopop", f_divergence=True)
+@register("discopop", f_divergence=True)
 def discopop(pair: Pair, hp: ShapeParams) -> Tensor:
     """DiscoPOP, the log-ratio modulated loss (Lu et al. 2024, "Discovering Preference Optimization Algorithms
     with and for Large Language Models", https://arxiv.org/abs/2406.08414, Eq. 5): with ``z = β Δ`` and
@@ -276,7 +197,7 @@ def discopop(pair: Pair, hp: ShapeParams) -> Tensor:
     return torch.sigmoid(-z / hp.discopop_tau) * logistic + exponential
 
 
-@_register("sigmoid_norm", f_divergence=True)
+@register("sigmoid_norm", f_divergence=True)
 def sigmoid_norm(pair: Pair, hp: ShapeParams) -> Tensor:
     """Length-normalised DPO: ``L = -log σ(β (s_w/ℓ_w - s_l/ℓ_l))``, TRL 1.16's ``sigmoid_norm``; the
     length-normalised DPO of Tülu 3 (Lambert et al. 2024, https://arxiv.org/abs/2411.15124) and of SimPO's
