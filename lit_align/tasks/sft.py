@@ -8,6 +8,7 @@ linear warm-up and cosine decay.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -119,19 +120,11 @@ class CausalLMSFT(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class _PadCollator:
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[list[int]]) -> dict[str, Tensor]:
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ids in enumerate(rows):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attention_mask[i, : len(ids)] = 1
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+def _collate(tokenizer: PreTrainedTokenizerBase, rows: list[list[int]]) -> dict[str, Tensor]:
+    """Right-padded ids and mask (``tokenizer.pad``); the labels are the ids, padding ignored (-100)."""
+    batch = tokenizer.pad({"input_ids": rows}, padding_side="right", return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
 def train_sft(
@@ -155,7 +148,7 @@ def train_sft(
         batch_size=settings.batch_size,
         shuffle=True,
         drop_last=True,
-        collate_fn=_PadCollator(tokenizer.pad_token_id),
+        collate_fn=partial(_collate, tokenizer),
         generator=torch.Generator().manual_seed(seed),
     )
     module = CausalLMSFT(model.llama_config(tokenizer), settings, seed)
