@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lit_align.eval.scoring import score_responses
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
 from transformers import AutoTokenizer
 
+from lit_align.eval.generation import score_responses
 from lit_align.head import VERIFIED_MODEL_TYPES, check_output_head, hidden_through_forward
 from lit_align.logprobs import sequence_logps
 from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head, load_causal_lm

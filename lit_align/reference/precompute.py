@@ -62,7 +62,9 @@ def precompute(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Light
     if not isinstance(store, OfflineStore):
         raise ValueError("precompute fills an offline store: set model.reference to OfflineStore(path=...)")
     journal = PrecomputeJournal(store.path, every_n_batches)
-    with _serving(model, store.source or default_reference(model.policy_spec)), _with_callback(trainer, journal):
+    source = store.source or default_reference(model.policy_spec)
+    source.bind_policy_spec(model.policy_spec)
+    with _serving(model, source), _with_callback(trainer, journal):
         trainer.predict(model, datamodule=RemainingPairs(datamodule, journal), return_predictions=False)
     trainer.strategy.barrier("precompute_journal_written")
     if trainer.is_global_zero:

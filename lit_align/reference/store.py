@@ -30,6 +30,7 @@ from lit_align.reference.fingerprint import data_fingerprint, run_fingerprint, s
 from lit_align.reference.sparse import dense_rows, offsets_of, select_rows
 
 if TYPE_CHECKING:
+    from lit_align.policy import PolicySpec
     from lit_align.sae.features import SAEFeatures
 
 STORE_FILE = "reference.safetensors"
@@ -116,6 +117,12 @@ class OfflineStore(ReferenceProvider):
             "A store holds per-sequence log-probs only, not the reference's full next-token distributions; "
             "train this objective with an online reference (FrozenCopy, or DisabledAdapter with a LoRA policy)."
         )
+
+    def bind_policy_spec(self, spec: PolicySpec) -> None:
+        """The source loads its model like the policy (``FrozenCopy(path=...)``), for precompute and the
+        fingerprint check."""
+        if self.source is not None:
+            self.source.bind_policy_spec(spec)
 
     def attach(self, policy: nn.Module, datamodule=None) -> None:
         columns, stored = read_store(self.path)
