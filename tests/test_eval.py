@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from lit_align.data import PreferenceDataModule
 from lit_align.eval import (
     DistinctN,
     PreferenceCalibrationError,
@@ -37,7 +38,7 @@ from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
 from lit_align.policy import PolicySpec
 from lit_align.tasks import (
-    ControlledTaskDataModule,
+    ControlledTask,
     ControlledTaskSettings,
     SentimentOracle,
     SFTSettings,
@@ -165,7 +166,8 @@ def test_preference_ece_matches_naive_and_hand_worked_case():
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("task")
-    ControlledTaskDataModule(str(workdir), TINY_TASK, progress=False).prepare_data()
+    PreferenceDataModule(source=ControlledTask(str(workdir), TINY_TASK, progress=False), max_length=128,
+                         max_prompt_length=32).prepare_data()
     return workdir
 
 
@@ -194,7 +196,8 @@ def test_score_responses_matches_task_logps_and_naive_entropy(tiny_task):
 
 
 def test_callback_logs_metrics_and_texts_to_tensorboard(tiny_task, tmp_path):
-    data = ControlledTaskDataModule(str(tiny_task), TINY_TASK, batch_size=8, progress=False)
+    data = PreferenceDataModule(source=ControlledTask(str(tiny_task), TINY_TASK, progress=False), max_length=128,
+                                max_prompt_length=32, batch_size=8)
     module = AlignmentModule(
         DPO(beta=0.1), PolicySpec(path=str(tiny_task / "sft")), optimizer=partial(torch.optim.AdamW, lr=5e-3)
     )

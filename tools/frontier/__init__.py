@@ -8,12 +8,12 @@ Stages, each cached under ``--workdir``, so a rerun only does what changed:
 
 1. the controlled task (corpus, tokenizer, SFT reference, oracle-labelled pairs), built once, shared by all runs;
 2. the sparse autoencoder FPO reads (``tools/train_sae.py`` on the SFT model), when FPO is swept;
-3. one alignment run per objective × β: a real ``AlignmentModule`` + ``ControlledTaskDataModule`` fit with the
-   :class:`~lit_align.eval.SamplingEvaluation` callback (KL both ways, reward, win rate, entropy, distinct-n and
-   held-out calibration every ``eval_every_n_steps``), then the reward margin and sequential KL of every held-out
-   pair. Each run is a fresh process (``--jobs`` at once, ``--threads`` torch threads each) and writes
-   ``runs/<objective>_b<β>_<key>/results.json`` (and its TensorBoard logs) there; ``key`` hashes everything the
-   run depends on, and a run whose results exist is skipped;
+3. one alignment run per objective × β: a real ``AlignmentModule`` and ``PreferenceDataModule`` over the task's
+   ``ControlledTask`` source, fit with the :class:`~lit_align.eval.SamplingEvaluation` callback (KL both ways,
+   reward, win rate, entropy, distinct-n and held-out calibration every ``eval_every_n_steps``), then the reward
+   margin and sequential KL of every held-out pair. Each run is a fresh process (``--jobs`` at once, ``--threads``
+   torch threads each) and writes ``runs/<objective>_b<β>_<key>/results.json`` (and its TensorBoard logs) there;
+   ``key`` hashes everything the run depends on, and a run whose results exist is skipped;
 4. the HH-RLHF sanity check: a BPE tokenizer and a small Llama warmed up by SFT on the chosen transcripts of
    the training split, a short DPO run, held-out reward accuracy and ECE;
 

@@ -16,7 +16,7 @@ from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
 from lit_align.policy import PolicySpec
 from lit_align.tasks import (
-    ControlledTaskDataModule,
+    ControlledTask,
     SentimentOracle,
 )
 from lit_align.tasks.pipeline import TaskArtifacts
@@ -47,7 +47,8 @@ def _trainer(run_dir: Path, max_epochs: int, callbacks: list) -> AlignmentTraine
 def run_controlled(spec: RunSpec, run_dir: Path) -> dict:
     """One objective × β on the controlled task; returns what ``results.json`` holds."""
     L.seed_everything(spec.run.seed, verbose=False)
-    data = ControlledTaskDataModule(spec.task_dir, spec.task, batch_size=spec.run.batch_size, progress=False)
+    source = ControlledTask(spec.task_dir, spec.task, progress=False)
+    data = PreferenceDataModule(source=source, max_length=128, max_prompt_length=32, batch_size=spec.run.batch_size)
     module = AlignmentModule(
         make_objective(spec.name, spec.beta, spec.sae_dir),
         PolicySpec(path=str(TaskArtifacts(Path(spec.task_dir)).sft_dir)),

@@ -14,8 +14,9 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from jsonargparse.typing import PositiveFloat, PositiveInt
 
+from lit_align.data import PreferenceDataModule
 from lit_align.tasks import (
-    ControlledTaskDataModule,
+    ControlledTask,
     ControlledTaskSettings,
 )
 from lit_align.tasks.pipeline import TaskArtifacts, build_controlled_task
@@ -106,7 +107,8 @@ def _run_specs(
     threads: int,
 ) -> list[RunSpec]:
     """One spec per objective × β, after tokenising the pairs once and building the SAE when FPO is swept."""
-    ControlledTaskDataModule(str(artifacts.workdir), task, progress=False).prepare_data()
+    source = ControlledTask(str(artifacts.workdir), task, progress=False)
+    PreferenceDataModule(source=source, max_length=128, max_prompt_length=32).prepare_data()
     upstream = tuple(read_marker(d)["fingerprint"] for d in (artifacts.sft_dir, artifacts.train_pairs_path.parent))
     sae_dir, sae_fingerprint = build_sae(root, artifacts, sae, threads) if "fpo" in objectives else (None, "")
     return [
