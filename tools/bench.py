@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.common import peak_memory_mib
+from tools.common import peak_memory_mib, train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -101,17 +101,7 @@ def read_pairs(path: Path, limit: int | None = None) -> list[tuple[str, str, str
 
 
 def build_tokenizer(texts: list[str], vocab_size: int, target: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(texts, trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    wrapped.save_pretrained(target)
+    train_bpe_tokenizer(texts, vocab_size).save_pretrained(target)
 
 
 def build_model(config: dict[str, Any], seed: int, target: Path) -> int:
