@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
@@ -64,12 +65,15 @@ def precompute(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Light
     journal = PrecomputeJournal(store.path, every_n_batches)
     source = store.source or default_reference(model.policy_spec)
     source.bind_policy_spec(model.policy_spec)
-    with _serving(model, source), _with_callback(trainer, journal):
+    with _serving(model, source), _with_callback(trainer, journal), _without_loggers(trainer):
         trainer.predict(model, datamodule=RemainingPairs(datamodule, journal), return_predictions=False)
     trainer.strategy.barrier("precompute_journal_written")
     if trainer.is_global_zero:
-        write_store(store.path, journal.merged(), journal.fingerprint)
+        columns = journal.merged()
+        written = write_store(store.path, columns, journal.fingerprint)
         journal.remove()
+        pairs = columns["example_key"].unique().numel()
+        rank_zero_info(f"reference store written to {written.resolve()}: {pairs} pairs")
     trainer.strategy.barrier("precompute")
     return Path(store.path)
 
