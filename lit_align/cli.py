@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from pydoc import locate
 
-from jsonargparse import ArgumentError, auto_cli
+import yaml
+from jsonargparse import auto_cli
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_align.data.datamodule import PreferenceDataModule
-from lit_align.errors import ConfigError, find_config_error, find_input_error, parse_error_line
+from lit_align.errors import ConfigError, run_entry
 from lit_align.export import export_checkpoint
 from lit_align.module import AlignmentModule
 from lit_align.paths import local_path
@@ -19,6 +21,7 @@ from lit_align.reference.store import STORE_FILE, OfflineStore
 from lit_align.trainer import AlignmentTrainer
 
 _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
+DEBUG_EPILOG = "--debug (or LIT_ALIGN_DEBUG=1): show an error's traceback, not its one line"
 
 
 class AlignmentCLI(LightningCLI):
@@ -69,20 +72,21 @@ def latest_last_checkpoint(root: str) -> str | None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """The ``lit-align`` console script. A wrong setting ends in one line on stderr, ``error: <key>=<value>:
-    <expected>``, and exit status 2; bad input that lit-align itself refuses (a data file, a store) in one line
-    ``error: <message>`` and exit status 1. ``--debug`` (or ``LIT_ALIGN_DEBUG=1``) shows the traceback instead;
-    any other exception (a bug, a library's own failure) keeps its traceback."""
-    given = sys.argv[1:] if args is None else list(args)
-    debug = "--debug" in given or os.environ.get("LIT_ALIGN_DEBUG", "") not in ("", "0")
-    if args is None:  # LightningCLI warns when it is given args while sys.argv holds some too
-        sys.argv[1:] = [arg for arg in given if arg != "--debug"]
+    """The ``lit-align`` console script, with one-line errors (:func:`~lit_align.errors.run_entry`). A ``--config``
+    whose ``model.class_path`` names :class:`~lit_align.thinker.LatentThoughtModule` runs with that module's CLI
+    (:mod:`lit_align.thinker.cli`), so every method runs as ``lit-align fit --config configs/x.yaml``."""
+    run_entry(_run, args)
+
+
+def _run(args: list[str] | None) -> None:
+    given = sys.argv[1:] if args is None else args
+    if given[:1] == ["export"]:
+        auto_cli(export_checkpoint, args=given[1:], as_positional=False)
+    elif _names_thought_model(given):
+        from lit_align.thinker.cli import run_thinker
+
+        run_thinker(args)
     else:
-        args = [arg for arg in given if arg != "--debug"]
-    try:
-        if args is None and sys.argv[1:2] == ["export"] or args is not None and args[:1] == ["export"]:
-            auto_cli(export_checkpoint, args=(sys.argv[2:] if args is None else args[1:]), as_positional=False)
-            return
         AlignmentCLI(
             AlignmentModule,
             PreferenceDataModule,
@@ -90,17 +94,22 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the module's own optimizer and schedule arguments do this
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"epilog": "--debug (or LIT_ALIGN_DEBUG=1): show an error's traceback, not its one line"},
+            parser_kwargs={"epilog": DEBUG_EPILOG},
             args=args,
         )
-    except (ArgumentError, ValueError, FileNotFoundError) as error:
-        if debug:
-            raise
-        if (cause := find_config_error(error)) is not None or isinstance(error, ArgumentError):
-            line, status = str(cause) if cause is not None else parse_error_line(str(error)), 2
-        elif (cause := find_input_error(error)) is not None:
-            line, status = str(cause), 1
-        else:
-            raise
-        sys.stderr.write(f"error: {line}\n")
-        raise SystemExit(status) from None
+
+
+def _names_thought_model(args: list[str]) -> bool:
+    """Whether a ``--config`` file among ``args`` names a :class:`LatentThoughtModule` (or subclass) as
+    ``model.class_path`` (an ``AlignmentModule`` config names none: that CLI fixes its model class)."""
+    paths = [value for flag, value in zip(args, args[1:], strict=False) if flag in ("-c", "--config")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in filter(os.path.isfile, paths):
+        model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
+        named = locate(model["class_path"]) if isinstance(model, dict) and "class_path" in model else None
+        if isinstance(named, type):
+            from lit_align.thinker.module import LatentThoughtModule
+
+            if issubclass(named, LatentThoughtModule):
+                return True
+    return False

@@ -1,17 +1,21 @@
 """``ConfigError``: a setting a user gave is wrong; and the one line ``lit-align`` prints for it.
 
 Every check of a user's setting (a path, a count, two lengths that do not fit) raises :class:`ConfigError` with
-the setting's config key, its value and what was expected. The CLI (:func:`lit_align.cli.main`) prints it as
-``error: <key>=<value>: <expected>`` and exits with status 2, without a traceback (``--debug`` shows it). From
-Python it is a ``ValueError`` like any other.
+the setting's config key, its value and what was expected. The CLIs (``lit-align``, ``lit-align-thinker``, both
+through :func:`run_entry`) print it as ``error: <key>=<value>: <expected>`` and exit with status 2, without a
+traceback (``--debug`` shows it). From Python it is a ``ValueError`` like any other.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from jsonargparse import ArgumentError
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -30,6 +34,33 @@ class ConfigError(ValueError):
         self.key = key
         self.value = value
         self.expected = expected
+
+
+def run_entry(entry: Callable[[list[str] | None], None], args: list[str] | None = None) -> None:
+    """Run a console entry (``lit-align``, ``lit-align-thinker``) on ``args`` (``None``: ``sys.argv``). A wrong
+    setting ends in one line on stderr, ``error: <key>=<value>: <expected>``, and exit status 2; bad input that
+    lit-align itself refuses (a data file, a store) in one line ``error: <message>`` and exit status 1.
+    ``--debug`` (or ``LIT_ALIGN_DEBUG=1``) shows the traceback instead; any other exception (a bug, a library's
+    own failure) keeps its traceback."""
+    given = sys.argv[1:] if args is None else list(args)
+    debug = "--debug" in given or os.environ.get("LIT_ALIGN_DEBUG", "") not in ("", "0")
+    if args is None:  # LightningCLI warns when it is given args while sys.argv holds some too
+        sys.argv[1:] = [arg for arg in given if arg != "--debug"]
+    else:
+        args = [arg for arg in given if arg != "--debug"]
+    try:
+        entry(args)
+    except (ArgumentError, ValueError, FileNotFoundError) as error:
+        if debug:
+            raise
+        if (cause := find_config_error(error)) is not None or isinstance(error, ArgumentError):
+            line, status = str(cause) if cause is not None else parse_error_line(str(error)), 2
+        elif (cause := find_input_error(error)) is not None:
+            line, status = str(cause), 1
+        else:
+            raise
+        sys.stderr.write(f"error: {line}\n")
+        raise SystemExit(status) from None
 
 
 def find_config_error(error: BaseException) -> ConfigError | None:

@@ -7,18 +7,29 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+THOUGHT_MODEL = "lit_align.thinker.LatentThoughtModule"
+
+
+def print_config(entry: str, config: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", entry, "fit", "--config", str(config), "--print_config"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_parses(config):
-    result = subprocess.run(
-        [sys.executable, "-m", "lit_align", "fit", "--config", str(config), "--print_config"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "objective:" in result.stdout
+    """``lit-align`` parses each with the CLI it is meant for: an alignment config with ``AlignmentModule`` (an
+    objective), one naming the ``LatentThoughtModule`` with ``lit-align-thinker``'s (the same as that entry's)."""
+    printed = print_config("lit_align", config)
+    if yaml.safe_load(config.read_text())["model"].get("class_path") == THOUGHT_MODEL:
+        assert f"class_path: {THOUGHT_MODEL}" in printed and "objective:" not in printed
+        assert printed == print_config("lit_align.thinker", config)
+    else:
+        assert "objective:" in printed
 
 
 def test_no_stray_top_level_optimizer_or_scheduler():

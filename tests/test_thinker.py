@@ -7,7 +7,9 @@ import math
 import lightning as L
 import pytest
 import torch
+from jsonargparse import ArgumentError
 
+from lit_align.cli import main
 from lit_align.policy import PolicySpec
 from lit_align.thinker import (
     AssistantLM,
@@ -19,7 +21,7 @@ from lit_align.thinker import (
     SelfConsistency,
     ThoughtLoss,
 )
-from lit_align.thinker.cli import main
+from lit_align.thinker import cli as thinker_cli
 from lit_align.thinker.injection import control, inject
 from lit_align.thinker.task import ArithmeticSettings
 from lit_align.trainer import AlignmentTrainer
@@ -157,6 +159,7 @@ def test_assistant_lm_generator_and_vocabulary_check(task_dir):
 
 
 def test_cli_runs_the_shipped_config(task_dir, tmp_path):
+    """``lit-align fit`` runs the thinker's config (its ``model.class_path`` routes it to the thinker's CLI)."""
     main([
         "fit", "--config", "configs/lta_thinker.yaml",
         f"--data.init_args.workdir={task_dir}", "--data.init_args.num_train=16", "--data.init_args.num_val=8",
@@ -165,3 +168,18 @@ def test_cli_runs_the_shipped_config(task_dir, tmp_path):
         f"--model.base.path={task_dir / 'base'}", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
         f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.callbacks=[]",
     ])
+
+
+@pytest.mark.parametrize(("setting", "line"), [
+    ("--model.loss.sft=-0.5", "error: model.loss.sft=-0.5: a loss weight must be ≥ 0 (0 leaves the term out)"),
+    ("--data.init_args.num_thoughts=0", "error: data.num_thoughts=0: expected a PositiveInt (v>0)"),
+])
+def test_bad_thinker_setting_is_one_line_with_status_2(capsys, tmp_path, setting, line):
+    args = ["fit", "--config", "configs/lta_thinker.yaml", f"--trainer.default_root_dir={tmp_path}", setting]
+    for entry in (main, thinker_cli.main):
+        with pytest.raises(SystemExit) as exit_info:
+            entry(args)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == line
+    with pytest.raises((ValueError, ArgumentError), match=line.split("=")[0].rsplit(".", 1)[1]):
+        thinker_cli.main([*args, "--debug"])  # the traceback, not the line

@@ -1,24 +1,44 @@
-"""``lit-align-thinker`` (or ``python -m lit_align.thinker``): LightningCLI for latent-thought training.
+"""``lit-align-thinker`` (or ``python -m lit_align.thinker``, or ``lit-align`` given a config whose
+``model.class_path`` is ``LatentThoughtModule``): LightningCLI for latent-thought training.
 
-A separate entry point rather than a second model class in ``lit-align``: that CLI fixes ``AlignmentModule``, and
-switching it to ``subclass_mode_model`` would make every shipped config name its model's ``class_path``."""
+The same :class:`~lit_align.cli.AlignmentCLI` (one-line errors, ``--ckpt_path=last``) with another model class:
+``lit-align``'s own parser fixes ``AlignmentModule`` (its configs name no model ``class_path``), this one takes
+``LatentThoughtModule`` in ``subclass_mode_model``, which is how ``lit-align`` tells the two configs apart."""
 
 from __future__ import annotations
 
 from lightning.pytorch.cli import LightningCLI
 
+from lit_align.cli import DEBUG_EPILOG, AlignmentCLI
+from lit_align.errors import run_entry
 from lit_align.thinker.datamodule import ReasoningDataModule
 from lit_align.thinker.module import LatentThoughtModule
 from lit_align.trainer import AlignmentTrainer
 
 
-def main(args: list[str] | None = None) -> None:
-    """``lit-align-thinker fit --config configs/lta_thinker.yaml``."""
-    LightningCLI(
+class ThinkerCLI(AlignmentCLI):
+    """:class:`~lit_align.cli.AlignmentCLI` without ``precompute`` (no reference model to store)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return LightningCLI.subcommands()
+
+
+def run_thinker(args: list[str] | None = None) -> None:
+    """``fit --config configs/lta_thinker.yaml`` and the other LightningCLI subcommands; errors are raised."""
+    ThinkerCLI(
         LatentThoughtModule,
         ReasoningDataModule,
         trainer_class=AlignmentTrainer,
+        subclass_mode_model=True,
         subclass_mode_data=True,
+        auto_configure_optimizers=False,  # the module's own ``optimizer`` argument does this
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"epilog": DEBUG_EPILOG},
         args=args,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """The ``lit-align-thinker`` console script, with ``lit-align``'s one-line errors and ``--debug``."""
+    run_entry(run_thinker, args)

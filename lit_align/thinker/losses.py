@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_align.errors import ConfigError
+
 
 def answer_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Summed next-token negative log-likelihood of the labelled tokens of each sequence, and their count.
@@ -118,9 +120,12 @@ class ThoughtLoss:
         self, sft: float = 0.33, focus: float = 0.33, align: float = 0.33, variance: float = 0.0,
         temperature: float = 0.1,
     ) -> None:
-        if min(sft, focus, align, variance) < 0 or temperature <= 0:
-            raise ValueError("loss weights must be ≥ 0 and the temperature > 0")
         self.weights = {"sft": sft, "focus": focus, "align": align, "variance": variance}
+        for name, weight in self.weights.items():
+            if not weight >= 0:
+                raise ConfigError(f"model.loss.{name}", weight, "a loss weight must be ≥ 0 (0 leaves the term out)")
+        if not temperature > 0:
+            raise ConfigError("model.loss.temperature", temperature, "the InfoNCE temperature must be > 0")
         self.temperature = temperature
 
     def needs_steps(self) -> bool:
