@@ -384,7 +384,7 @@ SOURCES = sorted([*(ROOT / "lit_align").rglob("*.py"), *(ROOT / "tools").glob("*
         (r"trust_remote_code\s*=\s*True", ()),
         (r"\bimport pickle\b|\bpickle\.", ()),
         (r"torch\.save\(", ("lit_align/checkpoint_io.py",)),  # Lightning checkpoints only, read weights-only
-        (r"torch\.load\(", ()),
+        (r"torch\.load\(", ("lit_align/export.py",)),  # reads a checkpoint for export, weights_only=True
         (r"weights_only\s*=\s*False", ()),
         (r"allow_pickle\s*=\s*True", ()),
     ],
