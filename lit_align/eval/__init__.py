@@ -2,6 +2,7 @@
 responses, held-out pair statistics, and a callback that samples and logs them during training."""
 
 from lit_align.eval.generation import ended_before, response_batch, sample_continuations, score_responses
+from lit_align.eval.likelihood_calibration import LikelihoodCalibrationError
 from lit_align.eval.metrics import (
     DistinctN,
     PreferenceCalibrationError,
@@ -16,6 +17,7 @@ from lit_align.eval.sampling_callback import SamplingEvaluation
 
 __all__ = [
     "DistinctN",
+    "LikelihoodCalibrationError",
     "PairStatistics",
     "PreferenceCalibrationError",
     "SamplingEvaluation",

@@ -1,5 +1,6 @@
 """Held-out preference pairs under an :class:`~lit_align.module.AlignmentModule`: the implicit reward margin of
-each pair (for reward accuracy and calibration) and the sequential KL of its two responses.
+each pair (for reward accuracy and calibration), the policy's mean token log-prob of each response (for the
+likelihood calibration) and the sequential KL of its two responses.
 
 TDPO (Zeng et al. 2024, Fig. 3) tracks ``SeqKL(x, y) = Σ_t KL(π_ref(·|x, y<t) ‖ π_θ(·|x, y<t))`` of chosen and
 rejected responses: under DPO the rejected one's grows much faster, and TDPO's token-level constraint keeps the
@@ -15,7 +16,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
-from lit_align.objectives.base import ObjectiveOutput
+from lit_align.objectives.base import ObjectiveOutput, PreferenceInputs
 from lit_align.reference import OnlineReference
 
 
@@ -29,6 +30,11 @@ class PairStatistics:
     """``SeqKL(x, y_w)``; ``None`` without an online reference."""
     rejected_seq_kl: Tensor | None
     """``SeqKL(x, y_l)``; ``None`` without an online reference."""
+    chosen_mean_logps: Tensor | None = None
+    """``log π_θ(y_w|x) / |y_w|``: the policy's mean token log-prob of the chosen response (the input of
+    :class:`~lit_align.eval.likelihood_calibration.LikelihoodCalibrationError`)."""
+    rejected_mean_logps: Tensor | None = None
+    """``log π_θ(y_l|x) / |y_l|``."""
 
     @property
     def accuracy(self) -> float:
@@ -48,12 +54,14 @@ def pair_statistics(module, batches: Iterable[dict[str, Tensor]]) -> PairStatist
     online = isinstance(module.reference, OnlineReference)
     was_training = module.policy.training
     module.policy.eval()
-    margins, chosen_kl, rejected_kl = [], [], []
+    margins, chosen_kl, rejected_kl, chosen_lp, rejected_lp = [], [], [], [], []
     try:
         for batch in batches:
             batch = move_data_to_device(batch, module.device)
-            output, seq_kl = _pair_pass(module, batch, online)
+            inputs, output, seq_kl = _pair_pass(module, batch, online)
             margins.append((output.chosen_rewards - output.rejected_rewards).float().cpu())
+            chosen_lp.append((inputs.policy_chosen_logps / inputs.chosen_lengths).double().cpu())
+            rejected_lp.append((inputs.policy_rejected_logps / inputs.rejected_lengths).double().cpu())
             if seq_kl is not None:
                 chosen, rejected = seq_kl.cpu().chunk(2)
                 chosen_kl.append(chosen)
@@ -64,12 +72,16 @@ def pair_statistics(module, batches: Iterable[dict[str, Tensor]]) -> PairStatist
         margins=torch.cat(margins) if margins else torch.zeros(0),
         chosen_seq_kl=torch.cat(chosen_kl) if online and chosen_kl else None,
         rejected_seq_kl=torch.cat(rejected_kl) if online and rejected_kl else None,
+        chosen_mean_logps=torch.cat(chosen_lp) if chosen_lp else torch.zeros(0, dtype=torch.float64),
+        rejected_mean_logps=torch.cat(rejected_lp) if rejected_lp else torch.zeros(0, dtype=torch.float64),
     )
 
 
-def _pair_pass(module, batch: dict[str, Tensor], online: bool) -> tuple[ObjectiveOutput, Tensor | None]:
-    """The objective's output and, with an online reference, the sequential KL of every row, from the module's
-    own :meth:`~lit_align.module.AlignmentModule.preference_inputs` (asked for ``token_kl`` as well)."""
+def _pair_pass(
+    module, batch: dict[str, Tensor], online: bool
+) -> tuple[PreferenceInputs, ObjectiveOutput, Tensor | None]:
+    """The objective's inputs and output and, with an online reference, the sequential KL of every row, from the
+    module's own :meth:`~lit_align.module.AlignmentModule.preference_inputs` (asked for ``token_kl`` as well)."""
     inputs = module.preference_inputs(batch, also=frozenset({"token_kl"}) if online else frozenset())
     seq_kl = torch.cat([inputs.chosen_seq_kl, inputs.rejected_seq_kl]) if online else None
-    return module.objective(inputs), seq_kl
+    return inputs, module.objective(inputs), seq_kl
