@@ -63,7 +63,8 @@ class AlignmentModule(L.LightningModule):
         packing: run each pair as one sequence ``[prompt | chosen | rejected]``, the batch's pairs packed into
             rows without padding between them, so every prompt is computed once (:mod:`lit_align.layout`); the
             per-pair results equal the padded layout's. A model family or attention backend that cannot take the
-            packed mask runs padded, saying so once.
+            packed mask runs padded, saying so once; so does an SAE extractor whose pooling divides by the padded
+            length (``SAEFeatures(pooling="padded_shifted")``).
         mixed_precision: FSDP2's mixed precision (:class:`~lit_align.sharding.FSDPMixedPrecision`: bf16
             all-gather and compute, fp32 gradient reduction and master weights); FSDP2 only (FSDP1 takes
             ``trainer.strategy.init_args.mixed_precision``, other strategies ``trainer.precision``).
@@ -211,8 +212,8 @@ class AlignmentModule(L.LightningModule):
             return response_states(batch, final_hidden(self.policy, **inputs)), None
         with self.feature_extractor.capture(self.policy) as capture:
             hidden = final_hidden(self.policy, **inputs)
-        residual = response_states(batch, capture.activations)
-        return response_states(batch, hidden), self.feature_extractor.encode(residual, batch["response_mask"])
+        read = response_states(batch, self.feature_extractor.read(capture, hidden))
+        return response_states(batch, hidden), self.feature_extractor.encode(read, batch["response_mask"])
 
     def pair_view(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch`` in the layout this run uses: packed where policy and reference take it, else padded."""
@@ -221,7 +222,8 @@ class AlignmentModule(L.LightningModule):
         key = id(self.reference)  # precompute swaps the store for its source
         if key not in self._packs:
             reference = self.reference.own_model() if self.reference is not None else None
-            self._packs[key] = self.packing and takes_packing(self.policy, reference)
+            packs = self.packing and (self.feature_extractor is None or self.feature_extractor.packs)
+            self._packs[key] = packs and takes_packing(self.policy, reference)
         return packed_view(batch) if self._packs[key] else padded_view(batch)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -24,7 +24,7 @@ Objective contract (:meth:`FPO.feature_extractor`) without knowing it runs FPO.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -33,14 +33,23 @@ from torch import Tensor
 from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs, check_beta
 from lit_align.sae.features import SAEFeatures
 
+RewardLog = Literal["margin", "margin_plus_feature"]
+"""The rewards FPO reports: ``β m(y)`` (default) or, as the authors' code logs them, ``β (m(y) + D(y))``."""
 
-def topk_feature_mse(policy_features: Tensor, ref_features: Tensor, top_k: int) -> Tensor:
+
+def topk_feature_mse(policy_features: Tensor, ref_features: Tensor, top_k: int, relative: bool = False) -> Tensor:
     """``D(y) = (1/k) Σ_{i ∈ TopK(c̄_θ(y))} (c̄_θ,i(y) - c̄_ref,i(y))²`` per response.
+
+    ``relative=True`` divides by the reference's mean squared activation over the same features,
+    ``D_rel(y) = D(y) / ((1/k) Σ_{i ∈ TopK} c̄_ref,i(y)² + 1e-8)`` (denominator detached): a drift measured in
+    units of the features' own scale, so that one α means the same strength on models and SAEs whose feature
+    magnitudes differ by orders of magnitude (see docs/fpo.md).
 
     Args:
         policy_features: pooled policy features ``c̄_θ``. Shape ``(batch, d_sae)``.
         ref_features: pooled reference features ``c̄_ref``. Shape ``(batch, d_sae)``.
         top_k: ``k``, the number of features compared: the ``k`` largest of the *policy's*, ``1 ≤ k ≤ d_sae``.
+        relative: divide by the reference's mean squared activation of those features.
 
     Returns:
         ``(batch,)``; differentiable w.r.t. both feature tensors (the choice of features is not).
@@ -49,8 +58,9 @@ def topk_feature_mse(policy_features: Tensor, ref_features: Tensor, top_k: int) 
     if not 1 <= top_k <= width:
         raise ValueError(f"top_k must lie in [1, d_sae], got top_k={top_k} for d_sae={width}")
     indices = policy_features.detach().topk(top_k, dim=-1).indices
-    difference = policy_features.gather(-1, indices) - ref_features.gather(-1, indices)
-    return difference.pow(2).mean(dim=-1)
+    reference = ref_features.gather(-1, indices)
+    mse = (policy_features.gather(-1, indices) - reference).pow(2).mean(dim=-1)
+    return mse / (reference.detach().pow(2).mean(dim=-1) + 1e-8) if relative else mse
 
 
 def fpo_loss(
@@ -66,6 +76,8 @@ def fpo_loss(
     beta: float,
     alpha: float,
     top_k: int,
+    reward: RewardLog = "margin",
+    relative: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """FPO loss per pair: ``-log σ(β (m(y_w) - m(y_l) - α (D(y_l) - sg(D(y_w)))))``, Yin et al. 2024.
 
@@ -83,16 +95,23 @@ def fpo_loss(
         beta: reward scale β > 0; the paper uses 0.1.
         alpha: weight α ≥ 0 of the feature constraint; the paper uses 0.5 (0 drops the constraint).
         top_k: features compared per response, chosen on the policy, ``1 ≤ k ≤ d_sae``; the paper uses 50.
+        reward: what the returned rewards are (the loss is the same): ``margin`` is ``β m(y)``;
+            ``margin_plus_feature`` is ``β (m(y) + D(y))``, what the authors' code logs.
+        relative: use ``D_rel`` (see :func:`topk_feature_mse`) instead of ``D``.
 
     Returns:
-        ``(losses, chosen_rewards, rejected_rewards)``, each ``(batch,)``; the rewards are ``β m(y)``, detached.
+        ``(losses, chosen_rewards, rejected_rewards)``, each ``(batch,)``; the rewards detached.
     """
+    if reward not in ("margin", "margin_plus_feature"):
+        raise ValueError(f"reward must be 'margin' or 'margin_plus_feature', got reward={reward!r}")
     chosen_margin = policy_chosen_mean_logps - ref_chosen_mean_logps
     rejected_margin = policy_rejected_mean_logps - ref_rejected_mean_logps
-    chosen_mse = topk_feature_mse(policy_chosen_features, ref_chosen_features, top_k)
-    rejected_mse = topk_feature_mse(policy_rejected_features, ref_rejected_features, top_k)
+    chosen_mse = topk_feature_mse(policy_chosen_features, ref_chosen_features, top_k, relative)
+    rejected_mse = topk_feature_mse(policy_rejected_features, ref_rejected_features, top_k, relative)
     constraint = alpha * (rejected_mse - chosen_mse.detach())
     losses = -F.logsigmoid(beta * (chosen_margin - rejected_margin - constraint))
+    if reward == "margin_plus_feature":
+        chosen_margin, rejected_margin = chosen_margin + chosen_mse, rejected_margin + rejected_mse
     return losses, beta * chosen_margin.detach(), beta * rejected_margin.detach()
 
 
@@ -114,7 +133,12 @@ class FPO(Objective):
         beta: reward scale β > 0; the paper uses 0.1.
         alpha: weight α ≥ 0 of the feature constraint; the paper uses 0.5.
         top_k: features compared per response, the policy's ``k`` largest; at most the SAE's width. Paper: 50.
-        features: the feature extractor (give it, or ``sae_path``).
+        features: the feature extractor (give it, or ``sae_path``); where it reads and how it pools (the authors'
+            ``site="final_norm"``, ``pooling="padded_shifted"``) are its own options.
+        reward: the rewards reported, ``margin`` (``β m``) or ``margin_plus_feature`` (``β (m + D)``, the
+            authors' code); the loss is the same.
+        relative_mse: constrain ``D_rel``, the drift relative to the reference features' own scale, so that α
+            carries across models and SAEs (see docs/fpo.md); off by default, as the paper.
     """
 
     needs: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "sae_features"})
@@ -127,6 +151,8 @@ class FPO(Objective):
         alpha: NonNegativeFloat = 0.5,
         top_k: PositiveInt = 50,
         features: SAEFeatures | None = None,
+        reward: RewardLog = "margin",
+        relative_mse: bool = False,
     ) -> None:
         if (sae_path is None) == (features is None):
             raise ValueError("FPO reads the features of one SAE: give one of sae_path (with layer) and features")
@@ -141,6 +167,10 @@ class FPO(Objective):
         self.beta = check_beta(beta)
         self.alpha = alpha
         self.top_k = top_k
+        if reward not in ("margin", "margin_plus_feature"):
+            raise ValueError(f"reward must be 'margin' or 'margin_plus_feature', got reward={reward!r}")
+        self.reward = reward
+        self.relative_mse = relative_mse
 
     @property
     def name(self) -> str:
@@ -168,10 +198,12 @@ class FPO(Objective):
             beta=self.beta,
             alpha=self.alpha,
             top_k=self.top_k,
+            reward=self.reward,
+            relative=self.relative_mse,
         )
         policy_chosen, policy_rejected, ref_chosen, ref_rejected = (f.detach() for f in features)
-        chosen_mse = topk_feature_mse(policy_chosen, ref_chosen, self.top_k)
-        rejected_mse = topk_feature_mse(policy_rejected, ref_rejected, self.top_k)
+        chosen_mse = topk_feature_mse(policy_chosen, ref_chosen, self.top_k, self.relative_mse)
+        rejected_mse = topk_feature_mse(policy_rejected, ref_rejected, self.top_k, self.relative_mse)
         metrics = {
             "feature_mse/chosen": chosen_mse,
             "feature_mse/rejected": rejected_mse,

@@ -101,6 +101,6 @@ class OnlineReference(ReferenceProvider):
             return sequence_logps(hidden, head, batch["input_ids"], batch["response_mask"])
 
     def sae_features(self, batch: dict[str, Tensor], features: SAEFeatures) -> Tensor:
-        residual = self.residual(batch, features.feature_layer)
+        states = features.reference_states(self, batch)
         with torch.no_grad():
-            return features.encode(residual, batch["response_mask"])
+            return features.encode(states, batch["response_mask"])

@@ -54,8 +54,14 @@ def data_fingerprint(keys: Tensor) -> str:
 
 
 def sae_fingerprint(features: SAEFeatures) -> dict[str, Any]:
-    """A fingerprint of an objective's SAE features: the SAE's weights, its layer and its width."""
-    return {"weights": weights_fingerprint(features.sae), "layer": features.feature_layer, "d_sae": features.d_sae}
+    """A fingerprint of an objective's SAE features: the SAE's weights, its layer and its width, and where the
+    features are read and how pooled when not the defaults (so a store of the defaults still matches them)."""
+    fingerprint = {"weights": weights_fingerprint(features.sae), "layer": features.feature_layer,
+                   "d_sae": features.d_sae}
+    for part, default in (("site", "residual"), ("pooling", "response")):
+        if getattr(features, part) != default:
+            fingerprint[part] = getattr(features, part)
+    return fingerprint
 
 
 def run_fingerprint(reference: nn.Module | str, datamodule, features: SAEFeatures | None = None) -> dict[str, Any]:

@@ -9,9 +9,18 @@ autoencoder at one decoder layer ℓ, and the map from residual activations to r
 The module captures the policy's residual in its one forward (:meth:`SAEFeatures.capture`, gradients kept); a
 reference provider computes its own (:meth:`OnlineReference.residual
 <lit_align.reference.base.OnlineReference.residual>`) or reads them from the offline store.
+
+Where the features are read and how they are pooled belong to the extractor: ``site="final_norm"`` reads the
+final post-norm hidden state instead of the residual at layer ℓ, and ``pooling="padded_shifted"`` pools as the
+FPO authors' released code does (:data:`~lit_align.sae.pooling.Pooling`); together they are the authors'
+reading (docs/fpo.md). That pooling divides by the padded length, so it exists only in the padded layout: such an
+extractor does not take packed batches (:attr:`SAEFeatures.packs`).
 """
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Literal
 
 from jsonargparse.typing import NonNegativeInt
 from torch import Tensor, nn
@@ -20,7 +29,11 @@ from lit_align.paths import absolute_if_local, local_path
 from lit_align.sae.autoencoder import SparseAutoencoder, check_sae_width
 from lit_align.sae.hooks import ResidualCapture, decoder_layers
 from lit_align.sae.loading import load_sae
-from lit_align.sae.pooling import pooled_features
+from lit_align.sae.pooling import Pooling, pooled_features
+
+Site = Literal["residual", "final_norm"]
+"""Where the SAE reads: the residual stream at the output of decoder layer ℓ (default, what the SAE was trained
+on), or the final post-norm hidden state (what the FPO authors' code feeds its last-layer SAE)."""
 
 
 class SAEFeatures:
@@ -34,11 +47,21 @@ class SAEFeatures:
             writes) or a Gemma Scope ``params.npz`` or its folder.
         layer: decoder layer whose output the SAE reads; unset takes the layer the SAE records. Must lie in
             ``[0, num_layers)`` and agree with the SAE's own, when it records one.
+        site: ``residual`` (default) or ``final_norm``, the authors' code (see :data:`Site`).
+        pooling: ``response`` (default, the mean over the response) or ``padded_shifted`` (the authors' code:
+            the positions predicting the response, over the padded length); see :mod:`lit_align.sae.pooling`.
     """
 
-    def __init__(self, sae_path: str, layer: NonNegativeInt | None = None) -> None:
+    def __init__(
+        self, sae_path: str, layer: NonNegativeInt | None = None, site: Site = "residual", pooling: Pooling = "response"
+    ) -> None:
         if layer is not None and not layer >= 0:
             raise ValueError(f"layer must be >= 0, got layer={layer}")
+        if site not in ("residual", "final_norm") or pooling not in ("response", "padded_shifted"):
+            raise ValueError(f"site must be 'residual' or 'final_norm' and pooling 'response' or 'padded_shifted', "
+                             f"got site={site!r}, pooling={pooling!r}")
+        self.site = site
+        self.pooling = pooling
         self.sae_path = absolute_if_local(sae_path)
         self.layer = layer
         self._sae: SparseAutoencoder | None = None
@@ -51,7 +74,13 @@ class SAEFeatures:
         self._least_width = (width, setting)
 
     def __repr__(self) -> str:
-        return f"SAEFeatures(sae_path={self.sae_path!r}, layer={self.layer!r})"
+        return (f"SAEFeatures(sae_path={self.sae_path!r}, layer={self.layer!r}, site={self.site!r}, "
+                f"pooling={self.pooling!r})")
+
+    @property
+    def packs(self) -> bool:
+        """Whether the features can be read from packed batches (not with the padded-length pooling)."""
+        return self.pooling != "padded_shifted"
 
     @property
     def sae(self) -> SparseAutoencoder:
@@ -91,14 +120,26 @@ class SAEFeatures:
                              f"set {setting.split()[-1]} ≤ {sae.d_sae}")
         self._sae, self._layer = sae, layer
 
-    def capture(self, model: nn.Module) -> ResidualCapture:
-        """A context capturing ``model``'s residual stream at the SAE's layer during a forward (gradients kept)."""
-        return ResidualCapture(model, self.feature_layer)
+    def capture(self, model: nn.Module) -> AbstractContextManager[ResidualCapture | None]:
+        """A context capturing ``model``'s residual stream at the SAE's layer during a forward (gradients kept);
+        nothing to capture at the ``final_norm`` site, which is the forward's own output."""
+        return nullcontext() if self.site == "final_norm" else ResidualCapture(model, self.feature_layer)
+
+    def read(self, capture: ResidualCapture | None, hidden: Tensor) -> Tensor:
+        """The states the SAE reads after a forward under :meth:`capture` that gave the final ``hidden``."""
+        return hidden if capture is None else capture.activations
+
+    def reference_states(self, reference, batch: dict[str, Tensor]) -> Tensor:
+        """The states the SAE reads of an online ``reference`` (no grad): its final hidden states at the
+        ``final_norm`` site, else its residual at the SAE's layer (only layers ``0..ℓ`` run)."""
+        if self.site == "final_norm":
+            return reference.final_hidden(batch)[0]
+        return reference.residual(batch, self.feature_layer)
 
     def encode(self, residual: Tensor, response_mask: Tensor) -> Tensor:
-        """SAE features of ``residual`` ``(N, T, d_model)`` mean-pooled over each row's response tokens,
-        ``(N, d_sae)``; the SAE follows the activations to their device."""
+        """SAE features of ``residual`` ``(N, T, d_model)`` pooled over each row's response tokens (as
+        ``pooling`` says), ``(N, d_sae)``; the SAE follows the activations to their device."""
         sae = self.sae
         if sae.W_enc.device != residual.device:
             sae.to(residual.device)
-        return pooled_features(sae, residual, response_mask)
+        return pooled_features(sae, residual, response_mask, self.pooling)
