@@ -43,6 +43,10 @@ class RunSummary:
     chosen_seq_kl: list[float] | None = None
     rejected_seq_kl: list[float] | None = None
     seconds: float = float("nan")
+    seed: int = 0
+    chosen_mean_logps: list[float] | None = None
+    """The policy's mean token log-prob of each held-out chosen response (for the likelihood ECE)."""
+    rejected_mean_logps: list[float] | None = None
 
     @property
     def final(self) -> dict[str, float]:
@@ -200,7 +204,8 @@ def check_ece_changes(
     """At each β: the f-DPO divergences' held-out ECEs differ by more than twice the combined bootstrap standard
     error of the most and least calibrated (sampling noise of the held-out pairs; run-to-run noise of training is
     not included)."""
-    claim = "The divergence changes the expected calibration error (f-DPO)"
+    claim = ("The divergence changes the reward-margin ECE (lit-align's measure; the f-DPO paper's is the "
+             "likelihood ECE, LikelihoodCalibrationError)")
     results, evidence = [], []
     for beta, named in _by_beta(runs).items():
         present = [named[d] for d in divergences if d in named]

@@ -14,6 +14,7 @@ from tools.frontier.claims import (
     check_kl_balance,
     check_reward_at_equal_kl,
 )
+from tools.frontier.seeds import seed_section
 from tools.frontier.settings import LABELS, REPO
 
 
@@ -42,7 +43,8 @@ def write_report(
     ]
     lines += [_claim_row(i, verdict) for i, verdict in enumerate(verdicts, start=1)]
     lines.append(_hh_row(len(verdicts) + 1, hh))
-    lines += ["", *_method_notes(settings), "", "## All runs (end of training)", "", *_run_table(runs)]
+    lines += ["", *_method_notes(settings), "", *seed_section(runs), "", "## All runs (end of training)", "",
+              *_run_table(runs)]
     if failed:
         lines += ["", "Runs that failed (see their `log.txt`):", ""]
         lines += [f"- `{name}`: {error}" for name, error in sorted(failed.items())]
@@ -105,7 +107,9 @@ def _method_notes(settings: dict) -> list[str]:
         f"the held-out pairs ({task['n_val_prompts']} prompts): p = σ(chosen reward − rejected reward) with the "
         "objective's own rewards (β included; TDPO's reward adds β·SeqKL, FPO's is length-normalised), ECE over 10 "
         "confidence bins of max(p, 1−p) against whether the chosen response is picked; ± is the bootstrap "
-        "standard error over the pairs. `SeqKL` is Σ_t KL(π_ref‖π_θ) over the held-out chosen and rejected "
+        "standard error over the pairs. This reward-margin ECE is lit-align's measure, not the f-DPO paper's: its "
+        "released code bins exp(mean token log-prob of the chosen response) (`LikelihoodCalibrationError`, "
+        "measured in docs/hh_orderings.md). `SeqKL` is Σ_t KL(π_ref‖π_θ) over the held-out chosen and rejected "
         "responses. Claims are judged on the end of training at equal β (claim 2 against DPO's Pareto frontier "
         "over all its β and checkpoints); one seed per run, so differences of the size of the run-to-run noise "
         "are not conclusive.",

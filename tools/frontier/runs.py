@@ -75,6 +75,9 @@ def run_controlled(spec: RunSpec, run_dir: Path) -> dict:
         "chosen_seq_kl": stats.chosen_seq_kl.tolist() if stats.chosen_seq_kl is not None else None,
         "rejected_seq_kl": stats.rejected_seq_kl.tolist() if stats.rejected_seq_kl is not None else None,
         "seconds": time.perf_counter() - start,
+        "seed": spec.run.seed,
+        "chosen_mean_logps": stats.chosen_mean_logps.tolist(),
+        "rejected_mean_logps": stats.rejected_mean_logps.tolist(),
     }
 
 

@@ -19,7 +19,7 @@ from lit_align.tasks import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS_VERSION = 3
+RESULTS_VERSION = 4
 """Bumped whenever a run's code changes what its results hold (invalidates every cached run)."""
 
 ObjectiveName = Literal["dpo", "forward_kl", "js", "alpha_0.3", "alpha_0.5", "alpha_0.7", "tdpo1", "tdpo2", "fpo"]

@@ -44,6 +44,7 @@ def sweep(
     hh: HHSettings = HHSettings(),  # noqa: B008
     jobs: PositiveInt = 2,
     threads: PositiveInt = 1,
+    seeds: list[int] | None = None,
 ) -> Path:
     """Build the stages, run every objective × β (cached), check the claims, draw the figures, write the table.
 
@@ -58,6 +59,8 @@ def sweep(
         hh: the HH-RLHF sanity check.
         jobs: runs at once, each in its own process.
         threads: torch threads per process.
+        seeds: run every objective × β once per seed (unset: ``run.seed`` only); with three or more, the claims
+            are also judged over seeds (:mod:`tools.frontier.seeds`).
     """
     start = time.perf_counter()
     torch.set_num_threads(threads)
@@ -67,7 +70,9 @@ def sweep(
         if hh_spec is not None and not _results_path(root, hh_spec).is_file():
             runner.submit(hh_spec, _results_path(root, hh_spec).parent)  # independent of the task: start it now
         artifacts = build_controlled_task(root / "task", task, progress=False)
-        specs = _run_specs(root, artifacts, objectives, betas, task, run, sae, threads)
+        per_seed = [dataclasses.replace(run, seed=seed) for seed in (seeds or [run.seed])]
+        specs = [spec for settings in per_seed
+                 for spec in _run_specs(root, artifacts, objectives, betas, task, settings, sae, threads)]
         pending = [spec for spec in specs if not _results_path(root, spec).is_file()]
         for spec in sorted(pending, key=_expected_cost):
             runner.submit(spec, _results_path(root, spec).parent)
@@ -90,7 +95,7 @@ def sweep(
         plot_diversity(summaries, out / "diversity.png")
         plot_calibration(summaries, out / "calibration.png")
     settings = locals_settings(workdir=workdir, objectives=objectives, betas=betas, task=task, run=run, sae=sae,
-                               hh=hh, jobs=jobs, threads=threads)
+                               hh=hh, jobs=jobs, threads=threads, seeds=seeds)
     report = write_report(out / "frontier.md", summaries, hh_results, failed, settings, timing)
     log.info("wrote %s (%.1f min)", report, (time.perf_counter() - start) / 60)
     return report
