@@ -7,10 +7,12 @@ objective it runs, and the objective does not know it is inside Lightning.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import is_dataclass
 from functools import partial
+from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -85,10 +87,7 @@ class AlignmentModule(L.LightningModule):
     ) -> None:
         super().__init__()
         require_counts(**{"model.logits_chunk_size": logits_chunk_size})
-        self.save_hyperparameters()
-        objects = _python_objects(self.hparams)
-        if objects:
-            self.save_hyperparameters(ignore=objects)
+        save_plain_hyperparameters(self, inspect.currentframe())
         if schedule is not None and lr_scheduler is not None:
             raise ValueError("set model.schedule or model.lr_scheduler, not both")
         self.objective = objective
@@ -266,12 +265,15 @@ class AlignmentModule(L.LightningModule):
             )
 
 
-def _python_objects(hparams: dict[str, Any]) -> list[str]:
-    """Names of saved hyperparameters to leave out again: those that are Python objects.
+def save_plain_hyperparameters(module: L.LightningModule, frame: FrameType | None) -> None:
+    """``module.save_hyperparameters()`` from the ``__init__`` running in ``frame``, less the Python objects.
 
     Built by LightningCLI, the module's hyperparameters are its parsed config (plain data), so checkpoints
     load weights-only and ``load_from_checkpoint`` rebuilds the module alone. Built from Python, objects are
     left out (they would need pickle) and ``load_from_checkpoint`` takes them again as keyword arguments.
     """
+    module.save_hyperparameters(frame=frame)
     plain = (str, int, float, bool, type(None), dict, list)
-    return [name for name, value in hparams.items() if not isinstance(value, plain) or is_dataclass(value)]
+    objects = [name for name, value in module.hparams.items() if not isinstance(value, plain) or is_dataclass(value)]
+    if objects:
+        module.save_hyperparameters(ignore=objects, frame=frame)

@@ -15,6 +15,7 @@ and ``L_focus`` reads the step vectors from a separate pass over the steps that 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import lightning as L
@@ -22,7 +23,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from lit_align.module import _python_objects
+from lit_align.module import save_plain_hyperparameters
 from lit_align.policy import PolicySpec, build_policy
 from lit_align.thinker.generator import BlockPrior, GaussianThoughts, ThoughtGenerator
 from lit_align.thinker.injection import ThoughtMode, control, gather_positions, inject
@@ -66,8 +67,7 @@ class LatentThoughtModule(L.LightningModule):
         optimizer: OptimizerCallable = default_optimizer,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=_python_objects(base=base, generator=generator, loss=loss,
-                                                         variance_prior=variance_prior, optimizer=optimizer))
+        save_plain_hyperparameters(self, inspect.currentframe())
         self.base_spec = base
         self.generator = generator or BlockPrior()
         self.loss = loss or ThoughtLoss()
