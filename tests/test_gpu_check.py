@@ -15,8 +15,8 @@ def test_gpu_check_tiny_runs_every_arm():
                             capture_output=True, text=True, timeout=400, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()[:1] and
-            line.split()[0] in ("dpo", "tdpo2", "fpo-store", "lora-dpo", "trl-dpo")}
-    assert set(rows) == {"dpo", "tdpo2", "fpo-store", "lora-dpo", "trl-dpo"}, result.stdout
+            line.split()[0] in ("dpo", "dpo-padded", "tdpo2", "fpo-store", "lora-dpo", "trl-dpo")}
+    assert set(rows) == {"dpo", "dpo-padded", "tdpo2", "fpo-store", "lora-dpo", "trl-dpo"}, result.stdout
     for row in rows.values():
         if "skipped: trl is not installed" in row:
             continue

@@ -1,4 +1,4 @@
-"""GPU acceptance check: one command, a ~1B-parameter Llama built from its config (no downloads), four training
+"""GPU acceptance check: one command, a ~1B-parameter Llama built from its config (no downloads), five training
 arms through lit-align's real path (``AlignmentModule`` + ``PreferenceDataModule`` + ``AlignmentTrainer``, FSDP2
 ``ModelParallelStrategy`` on one device with ``FSDPMixedPrecision``: bf16 all-gather and compute, fp32 gradient
 reduction and master weights, under bf16 autocast), and TRL's ``DPOTrainer`` when ``trl`` is importable::
@@ -6,7 +6,8 @@ reduction and master weights, under bf16 autocast), and TRL's ``DPOTrainer`` whe
     python tools/gpu_check.py            # one H200: about 1.1B parameters, 8 pairs × 2 × 1024 tokens per step
     python tools/gpu_check.py --tiny     # the same code on CPU with a tiny Llama, in seconds (the test suite's)
 
-Arms: ``dpo`` (frozen-copy reference), ``tdpo2`` (token-level KL to the frozen copy), ``fpo-store`` (FPO with a
+Arms: ``dpo`` (frozen-copy reference; pairs in the prompt-shared packed layout, the default), ``dpo-padded`` (the
+same with ``packing=False``: each prompt computed twice, rows padded), ``tdpo2`` (token-level KL to the frozen copy), ``fpo-store`` (FPO with a
 random TopK SAE at the middle layer, the reference's log-probs and features precomputed once into an offline
 store, not timed), ``lora-dpo`` (LoRA r=16 on every linear layer, the reference the adapter-disabled base), and
 ``trl-dpo`` (``DPOTrainer``: bf16, gradient checkpointing, the same model, rows, batch size and length).
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("dpo", "tdpo2", "fpo-store", "lora-dpo", "trl-dpo")
+ARMS = ("dpo", "dpo-padded", "tdpo2", "fpo-store", "lora-dpo", "trl-dpo")
 ONE_B = dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
              num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False)
 TINY = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -99,6 +100,7 @@ def lit_parts(spec: dict, arm: str, sharded: bool = True):
     reference = OfflineStore(str(work / "store")) if arm.startswith("fpo") else None
     module = AlignmentModule(objective, policy, reference, optimizer=partial(torch.optim.AdamW, lr=1e-6,
                                                                              weight_decay=0.0),
+                             packing=arm != "dpo-padded",  # today's default: prompt-shared packed pairs
                              mixed_precision=FSDPMixedPrecision() if sharded else None)
     length = spec["prompt_len"] + spec["response_len"] + 2
     data = PreferenceDataModule(str(work / "pairs.jsonl"), str(work / "model"), row_format="explicit",
@@ -135,7 +137,7 @@ def run_lit(spec: dict, arm: str) -> dict:
     strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1)
     trainer = AlignmentTrainer(**common, strategy=strategy, max_steps=spec["steps"], callbacks=[LightningMeter()])
     trainer.fit(module, data)
-    return meter.result(lora=arm == "lora-dpo", reference=arm in ("dpo", "tdpo2", "lora-dpo"))
+    return meter.result(lora=arm == "lora-dpo", reference=arm in ("dpo", "dpo-padded", "tdpo2", "lora-dpo"))
 
 
 def run_trl(spec: dict, arm: str) -> dict:
