@@ -7,10 +7,11 @@ reduction and master weights, under bf16 autocast), and TRL's ``DPOTrainer`` whe
     python tools/gpu_check.py --tiny     # the same code on CPU with a tiny Llama, in seconds (the test suite's)
 
 Arms: ``dpo`` (frozen-copy reference; pairs in the prompt-shared packed layout, the default), ``dpo-padded`` (the
-same with ``packing=False``: each prompt computed twice, rows padded), ``tdpo2`` (token-level KL to the frozen copy), ``fpo-store`` (FPO with a
-random TopK SAE at the middle layer, the reference's log-probs and features precomputed once into an offline
-store, not timed), ``lora-dpo`` (LoRA r=16 on every linear layer, the reference the adapter-disabled base), and
-``trl-dpo`` (``DPOTrainer``: bf16, gradient checkpointing, the same model, rows, batch size and length).
+same with ``packing=False``: each prompt computed twice, rows padded), ``tdpo2`` (token-level KL to the frozen
+copy), ``fpo-store`` (FPO with a random TopK SAE at the middle layer, the reference's log-probs and features
+precomputed once into an offline store, not timed), ``lora-dpo`` (LoRA r=16 on every linear layer, the reference the
+adapter-disabled base), and ``trl-dpo`` (``DPOTrainer``: bf16, gradient checkpointing, the same model, rows, batch
+size and length).
 
 Every arm runs in a fresh process on the same synthetic rows (a word-level tokenizer over the model's vocabulary;
 every row the same length, so every batch has the same shape). Per arm it prints tokens/s (non-padding tokens

@@ -48,7 +48,8 @@ def run_controlled(spec: RunSpec, run_dir: Path) -> dict:
     """One objective × β on the controlled task; returns what ``results.json`` holds."""
     L.seed_everything(spec.run.seed, verbose=False)
     source = ControlledTask(spec.task_dir, spec.task, progress=False)
-    data = PreferenceDataModule(source=source, max_length=128, max_prompt_length=32, batch_size=spec.run.batch_size)
+    data = PreferenceDataModule(source=source, max_length=128, max_prompt_length=32, batch_size=spec.run.batch_size,
+                                seed=spec.run.seed)  # the seed sets the training order (the held-out pairs are fixed)
     module = AlignmentModule(
         make_objective(spec.name, spec.beta, spec.sae_dir),
         PolicySpec(path=str(TaskArtifacts(Path(spec.task_dir)).sft_dir)),
