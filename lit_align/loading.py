@@ -1,40 +1,79 @@
-"""Loading a large policy once under FSDP2: built on the meta device, sharded, then each process reads only its own
-shards from the checkpoint's safetensors files.
+"""Reading a causal LM's weights once, from its safetensors files, into a model built on the meta device.
 
-``from_pretrained`` in every process reads the whole checkpoint into each (and a frozen-copy reference deep-copied
-from it doubles that): for an 8B model in fp32, 64 GB of host memory per process, eight times on a node. Here the
-policy's parameters are created on the meta device (no storage; buffers such as rotary frequencies are computed
-for real, as they are not in the checkpoint), the frozen copy is a deep copy of that empty model (free), both are
-sharded with ``fully_shard``, given storage for their shards only (``to_empty``), and each shard is filled with
-the matching rows of the weight read through a safetensors slice, one weight at a time. A process so holds its
-shards and one slice at a time, never the whole model; the numbers equal ``from_pretrained``'s.
+``from_pretrained`` in every process, followed by a deep copy for the frozen reference, holds the checkpoint
+twice per process and then some: for an 8B model in fp32, 64 GB of host memory per process, eight times on a
+node. Here a model (the policy's base, and the frozen reference built the same way, never copied) is created with
+its parameters on the meta device — no storage; buffers such as rotary frequencies are computed for real, as they
+are not in the checkpoint — and each parameter is then filled from a safetensors slice, one weight at a time:
+
+- without sharding (one process, DDP), at once, on the device Lightning initialises models on (a GPU under DDP,
+  so host memory holds one weight at a time): :func:`load_base`;
+- under FSDP2, after ``fully_shard``: each process gives storage to its shards only and reads just their rows
+  (:func:`load_shards`);
+- under FSDP1, as FSDP reaches each unit: its weights are read whole, flattened and sharded before the next unit
+  is read (:class:`UnitLoader`, FSDP's ``param_init_fn``).
+
+A process so holds its own part of the model plus one weight (FSDP1: one unit), never the whole checkpoint; the
+numbers equal ``from_pretrained``'s. A model that cannot be read this way — from a hub id, from a config, or from
+files whose weight names differ from the model's — is loaded with ``from_pretrained``.
 """
 
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import init_empty_weights
 from safetensors import safe_open
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
-from lit_align.policy import PolicySpec
-from lit_align.sharding import FSDPMixedPrecision, shard_causal_lm
+from lit_align.paths import resolve_local_or_hub
+
+if TYPE_CHECKING:
+    from lit_align.policy import PolicySpec
 
 INDEX = "model.safetensors.index.json"
+CONFIG_ARGUMENTS = frozenset({"attn_implementation"})
+"""The ``extra`` ``from_pretrained`` arguments a model built from its config takes too; others (a revision, a
+quantization config, a device map) are ``from_pretrained``'s to apply, so the model is loaded with it."""
+
+
+def load_base(spec: PolicySpec, key: str = "model.policy.path", empty: bool = False) -> PreTrainedModel:
+    """The base causal LM of ``spec`` (no adapter); ``key`` names ``spec.path`` in errors. Read weight by weight
+    from its local safetensors files where it can be (:func:`empty_base`) — or, with ``empty``, left on the meta
+    device for a sharding strategy to fill (:func:`load_shards`, :class:`UnitLoader`) — else loaded with
+    ``from_pretrained`` (or built from ``spec.config``, seeded by ``spec.init_seed``)."""
+    model = empty_base(spec)
+    if model is None:
+        return load_causal_lm(spec, key)
+    return model if empty else load_shards(model, torch.get_default_device())
+
+
+def load_causal_lm(spec: PolicySpec, key: str = "model.policy.path") -> PreTrainedModel:
+    """The base causal LM of ``spec`` through transformers: ``from_pretrained``, or a fresh model from
+    ``spec.config`` seeded by ``spec.init_seed`` (so a rebuilt one equals the first)."""
+    dtype = getattr(torch, spec.dtype)
+    if spec.path is not None:
+        return AutoModelForCausalLM.from_pretrained(
+            resolve_local_or_hub(key, spec.path), dtype=dtype, trust_remote_code=spec.trust_remote_code, **spec.extra
+        )
+    config = dict(spec.config)
+    config_class = AutoConfig.for_model(config.pop("model_type"), **config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.init_seed)
+        return AutoModelForCausalLM.from_config(config_class, dtype=dtype, **spec.extra)
 
 
 def empty_base(spec: PolicySpec) -> PreTrainedModel | None:
-    """The base of ``spec`` built empty when it can be read shard by shard — a full fine-tune (a LoRA policy holds
-    one copy of the base already) from a local directory of safetensors files that name every weight as the model
-    does — else ``None`` (it is then loaded whole, with ``from_pretrained``)."""
-    if spec.lora is not None or spec.path is None:
+    """The base of ``spec`` built empty (:func:`empty_causal_lm`) when its weights can be read one by one: from a
+    local directory of safetensors files that name every weight as the model does; else ``None``."""
+    if spec.path is None or not set(spec.extra) <= CONFIG_ARGUMENTS:
         return None
     files = weight_files(spec.path)
     if not files:
@@ -44,12 +83,16 @@ def empty_base(spec: PolicySpec) -> PreTrainedModel | None:
 
 
 def empty_causal_lm(spec: PolicySpec) -> PreTrainedModel:
-    """The causal LM of ``spec`` with its parameters on the meta device and its buffers computed: nothing read but
-    the config."""
+    """The causal LM at ``spec.path`` with its parameters on the meta device (tied ones tied), its buffers
+    computed and its generation config read: nothing read but the configs."""
     config = AutoConfig.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
     with init_empty_weights(include_buffers=False):
-        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, spec.dtype),
-                                                trust_remote_code=spec.trust_remote_code, **spec.extra)
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, spec.dtype),
+                                                 trust_remote_code=spec.trust_remote_code, **spec.extra)
+    model.tie_weights()
+    if (Path(spec.path) / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(spec.path)
+    return model
 
 
 def weight_files(path: str) -> dict[str, Path]:
@@ -65,32 +108,61 @@ def weight_files(path: str) -> dict[str, Path]:
         return dict.fromkeys(handle.keys(), single)
 
 
-def load_shards(model: nn.Module, path: str, device: torch.device) -> nn.Module:
-    """Give the meta-device parameters of ``model`` (sharded with ``fully_shard``, or not) storage on ``device`` and
-    fill this process's part of each from the safetensors files at ``path``. Buffers keep their values."""
+def load_shards(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
+    """Give the meta-device parameters of ``model`` (sharded with ``fully_shard``, or not) storage on ``device``
+    and fill this process's part of each from the safetensors files at ``model.name_or_path``. Buffers keep their
+    values; tied weights stay tied."""
     if not any(parameter.is_meta for parameter in model.parameters()):
         return model
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers() if not buffer.is_meta}
     model.to_empty(device=device)
+    model.tie_weights()  # to_empty gives each module a parameter of its own
+    files = weight_files(model.name_or_path)
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             if name in buffers:
                 buffer.copy_(buffers[name])
-        files = weight_files(path)
         for name, parameter in model.named_parameters():
             _fill(parameter, files[name], name)
     return model
 
 
-def shard_and_load(model: nn.Module, mesh: DeviceMesh, mixed_precision: FSDPMixedPrecision | None,
-                   path: str | None, device: torch.device) -> nn.Module:
-    """FSDP2-shard ``model``; an empty one (the policy or its frozen copy, built on the meta device) then reads its
-    shards from ``path``."""
-    model = shard_causal_lm(model, mesh, mixed_precision)
-    return load_shards(model, path, device) if path is not None else model
+class UnitLoader:
+    """FSDP1's ``param_init_fn`` for an empty model (:func:`load_base` with ``empty``): FSDP calls it on each
+    module of a unit before flattening and sharding that unit, and it gives the module's own meta-device
+    parameters their whole weights from the safetensors files at ``model.name_or_path`` (a weight shared by
+    several modules, as tied embeddings, is read once and stays shared). Modules outside ``model`` are left
+    alone."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.path = model.name_or_path
+        self.sharers: dict[nn.Parameter, list[tuple[nn.Module, str]]] = {}
+        self.names: dict[nn.Parameter, str] = {}
+        for prefix, module in model.named_modules():
+            for name, parameter in module.named_parameters(recurse=False):
+                self.sharers.setdefault(parameter, []).append((module, name))
+                self.names.setdefault(parameter, f"{prefix}.{name}" if prefix else name)
+
+    def __call__(self, module: nn.Module) -> None:
+        for name, parameter in list(module.named_parameters(recurse=False)):
+            if parameter.is_meta and parameter in self.sharers:
+                setattr(module, name, self._loaded(parameter))
+
+    @cached_property
+    def files(self) -> dict[str, Path]:
+        return weight_files(self.path)
+
+    def _loaded(self, meta: nn.Parameter) -> nn.Parameter:
+        """``meta``'s weight: as already read for another module sharing it, else read now."""
+        for module, name in self.sharers[meta]:
+            current = getattr(module, name)
+            if not current.is_meta:
+                return current
+        weight = _read(self.files[self.names[meta]], self.names[meta], (0,) * meta.dim(), meta.shape)
+        return nn.Parameter(weight.to(meta.dtype), requires_grad=meta.requires_grad)
 
 
-def _fill(parameter: nn.Parameter, file: Path, name: str) -> None:
+def _fill(parameter: torch.Tensor, file: Path, name: str) -> None:
     """Copy this process's rows of weight ``name`` from ``file`` into ``parameter`` (a DTensor shard or whole)."""
     if isinstance(parameter, DTensor):
         shape, offset = compute_local_shape_and_global_offset(parameter.shape, parameter.device_mesh,
@@ -98,9 +170,12 @@ def _fill(parameter: nn.Parameter, file: Path, name: str) -> None:
         local = parameter.to_local()
     else:
         shape, offset, local = tuple(parameter.shape), (0,) * parameter.dim(), parameter
-    if local.numel() == 0:
-        return
+    if local.numel() > 0:
+        local.copy_(_read(file, name, offset, shape))
+
+
+def _read(file: Path, name: str, offset: tuple[int, ...], shape: tuple[int, ...]) -> torch.Tensor:
+    """The block of weight ``name`` in ``file`` at ``offset`` of ``shape``, as stored."""
     with safe_open(file, framework="pt") as handle:  # opened per weight: only its pages are ever mapped
         stored = handle.get_slice(name)
-        rows = stored[tuple(slice(start, start + length) for start, length in zip(offset, shape, strict=True))]
-    local.copy_(rows.to(local.dtype))
+        return stored[tuple(slice(start, start + length) for start, length in zip(offset, shape, strict=True))]

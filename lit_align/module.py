@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from lit_align.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
-from lit_align.loading import empty_base, shard_and_load
+from lit_align.loading import UnitLoader
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs
@@ -33,7 +33,7 @@ from lit_align.reference import FrozenCopy, OnlineReference, ReferenceProvider
 from lit_align.reference.default import default_reference
 from lit_align.reference.precompute import reference_columns
 from lit_align.schedule import Schedule
-from lit_align.sharding import FSDPMixedPrecision, wrap_frozen_fsdp1
+from lit_align.sharding import FSDPMixedPrecision, shard_and_load, wrap_frozen_fsdp1
 from lit_align.token_kl import sequence_logps_and_kl
 from lit_align.validation import check_vocabulary, require_counts
 
@@ -115,11 +115,7 @@ class AlignmentModule(L.LightningModule):
         """Build the policy (here, so a strategy can shard it) and attach the reference to it."""
         if self.policy is not None:
             return
-        # under FSDP2, built empty when each process can read its own shards after sharding (lit_align/loading.py);
-        # not for an offline store, which fingerprints the policy's weights as it attaches
-        empty = self.device_mesh is not None and isinstance(self.reference, FrozenCopy | None)
-        base = empty_base(self.policy_spec) if empty else None
-        self.policy = build_policy(self.policy_spec, base).train()
+        self.policy = build_policy(self.policy_spec, empty=self._loads_after_sharding()).train()
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if getattr(datamodule, "tokenizer", None) is not None:
             check_vocabulary(datamodule.tokenizer, self.policy.get_input_embeddings().num_embeddings)
@@ -138,9 +134,21 @@ class AlignmentModule(L.LightningModule):
                              "trainer.strategy.init_args.mixed_precision, otherwise trainer.precision")
         if self.device_mesh is not None:
             self._shard(self.device_mesh)
-        elif self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            if self.reference is not None:  # the strategy wraps the policy itself, but not the reference
+        elif self._fsdp1():  # the strategy wraps the policy, reading an empty one's weights unit by unit
+            if any(parameter.is_meta for parameter in self.policy.parameters()):
+                self.trainer.strategy.kwargs["param_init_fn"] = UnitLoader(self.policy)
+            if self.reference is not None:  # but not the reference
                 self.reference.shard(wrap_frozen_fsdp1)
+
+    def _fsdp1(self) -> bool:
+        return self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
+
+    def _loads_after_sharding(self) -> bool:
+        """Whether the policy is built empty and reads its weights once sharded (:mod:`lit_align.loading`): under
+        FSDP2 and FSDP1, for a full fine-tune (a LoRA adapter is initialised on a loaded base) whose reference,
+        if any, is a frozen copy (a store fingerprints the policy's weights as it attaches)."""
+        sharded = self.device_mesh is not None or self._fsdp1()
+        return sharded and self.policy_spec.lora is None and isinstance(self.reference, FrozenCopy | None)
 
     def _shard(self, mesh: DeviceMesh) -> None:
         """FSDP2 over the data-parallel dimension of ``ModelParallelStrategy``'s mesh: the policy, and the
@@ -156,7 +164,7 @@ class AlignmentModule(L.LightningModule):
                 "into an OfflineStore (lit-align precompute, on DDP) and train from the store"
             )
         shard = partial(shard_and_load, mesh=mesh["data_parallel"], mixed_precision=self.mixed_precision,
-                        path=self.policy_spec.path, device=self.trainer.strategy.root_device)
+                        device=self.trainer.strategy.root_device)
         shard(self.policy)
         if self.reference is not None:
             self.reference.shard(shard)

@@ -9,11 +9,12 @@ import torch
 from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lit_align.errors import ConfigError
 from lit_align.head import OutputHead, check_output_head, final_hidden, output_head
-from lit_align.paths import absolute_if_local, resolve_local_or_hub
+from lit_align.loading import load_base, load_causal_lm
+from lit_align.paths import absolute_if_local
 
 __all__ = ["DType", "LoraSettings", "PolicySpec", "build_policy", "final_hidden", "lm_head", "load_causal_lm"]
 
@@ -70,12 +71,12 @@ class PolicySpec:
             raise ConfigError("model.policy.config", self.config, "a transformers config dict with a model_type")
 
 
-def build_policy(spec: PolicySpec, base: PreTrainedModel | None = None) -> nn.Module:
+def build_policy(spec: PolicySpec, empty: bool = False) -> nn.Module:
     """Build the policy in ``spec.dtype``, with gradient checkpointing and the LoRA adapter if asked for, around
-    ``base`` (default: :func:`load_causal_lm`; an empty model to be loaded shard by shard, see
-    :mod:`lit_align.loading`); refuse a model whose logits lit-align cannot reproduce
+    its base read once (:func:`lit_align.loading.load_base`; with ``empty``, left on the meta device to be read
+    shard by shard after sharding); refuse a model whose logits lit-align cannot reproduce
     (:func:`lit_align.head.check_output_head`)."""
-    model = load_causal_lm(spec) if base is None else base
+    model = load_base(spec, empty=empty)
     check_output_head(model)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -93,20 +94,6 @@ def add_adapter(model: PreTrainedModel, spec: PolicySpec) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
         return get_peft_model(model, config)
-
-
-def load_causal_lm(spec: PolicySpec, key: str = "model.policy.path") -> PreTrainedModel:
-    """The base causal LM of ``spec``, without adapter; ``key`` names ``spec.path`` in errors."""
-    dtype = getattr(torch, spec.dtype)
-    if spec.path is not None:
-        return AutoModelForCausalLM.from_pretrained(
-            resolve_local_or_hub(key, spec.path), dtype=dtype, trust_remote_code=spec.trust_remote_code, **spec.extra
-        )
-    config = dict(spec.config)
-    config_class = AutoConfig.for_model(config.pop("model_type"), **config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.init_seed)
-        return AutoModelForCausalLM.from_config(config_class, dtype=dtype, **spec.extra)
 
 
 def lm_head(model: nn.Module) -> OutputHead:

@@ -26,6 +26,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.fsdp.wrap import wrap
 
+from lit_align.loading import UnitLoader, load_shards
 from lit_align.policy import DType
 
 
@@ -68,9 +69,20 @@ def shard_causal_lm(model: nn.Module, mesh: DeviceMesh, mixed_precision: FSDPMix
     return model
 
 
+def shard_and_load(model: nn.Module, mesh: DeviceMesh, mixed_precision: FSDPMixedPrecision | None,
+                   device: torch.device) -> nn.Module:
+    """FSDP2-shard ``model``; an empty one (built on the meta device) then reads its shards
+    (:func:`lit_align.loading.load_shards`)."""
+    return load_shards(shard_causal_lm(model, mesh, mixed_precision), device)
+
+
 def wrap_frozen_fsdp1(model: nn.Module) -> nn.Module:
     """FSDP1 for a frozen reference under Lightning's ``FSDPStrategy``, called inside the strategy's
     ``model_sharded_context`` so the wrapper takes the strategy's own settings (auto-wrap policy, mixed precision,
     sharding strategy, device). FSDP1 hands a root's parameters back sharded after each forward, so the LM head,
-    called chunk by chunk after the forward, stays out of the wrapper (``ignored_modules``, replicated)."""
-    return wrap(model, ignored_modules=[model.get_output_embeddings()])
+    called chunk by chunk after the forward, stays out of the wrapper (``ignored_modules``, replicated). An empty
+    model reads its weights unit by unit as it is wrapped (:class:`lit_align.loading.UnitLoader`)."""
+    head = model.get_output_embeddings()
+    load = UnitLoader(model)
+    load(head)  # FSDP materialises no ignored module
+    return wrap(model, ignored_modules=[head], param_init_fn=load)

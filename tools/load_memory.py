@@ -1,19 +1,22 @@
-"""Host memory of building the policy and its frozen-copy reference under FSDP2, per process: 2 processes (gloo,
-CPU, 127.0.0.1), a Llama built from its config (about 220M parameters by default, random init, ``save_pretrained``
-once), ``AlignmentModule(DPO)`` through Lightning's ``ModelParallelStrategy`` up to the first training step::
+"""Host memory of building the policy and its frozen-copy reference, per process: 2 processes (gloo, CPU,
+127.0.0.1), a Llama built from its config (about 200M parameters by default, random init, ``save_pretrained``
+once), ``AlignmentModule(DPO)`` under FSDP2 (Lightning's ``ModelParallelStrategy``), FSDP1 (``FSDPStrategy``, on CPU
+through the tests' ``CPUFSDPStrategy``) or DDP, up to the first training step::
 
-    python tools/load_memory.py                 # lit-align's loading: meta device, each process reads its shards
-    python tools/load_memory.py --whole         # the old way: from_pretrained in every process + a deep copy
+    python tools/load_memory.py --strategy fsdp2          # lit-align's loading (lit_align/loading.py)
+    python tools/load_memory.py --strategy fsdp2 --whole  # the old way: from_pretrained in every process + deep copy
 
-Per rank it prints the resident set before ``fit`` (the baseline), the peak (``ru_maxrss``) when training starts,
-the bytes of the policy's and reference's shards the process holds, and the loading overhead: peak − baseline −
-held shards, as a fraction of the fp32 model size.
+Per rank it prints the resident set before ``fit`` (the baseline), the peak (``ru_maxrss``) once the models are
+built (the end of ``configure_model``: under DDP the models are then whole, and DDP's wrapper broadcasts them after)
+and when training starts, the bytes of the policy and the reference the process holds (its shards; under DDP both
+whole), and the overhead of each peak: peak − baseline − held, as a fraction of the fp32 model size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import socket
@@ -32,14 +35,18 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def prepare(work: Path, hidden: int, layers: int) -> None:
+def peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def prepare(work: Path, hidden: int, layers: int, vocab: int) -> None:
     """The model, a word-level tokenizer over its vocabulary and a few rows, in ``work``."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
                          num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=4,
                          pad_token_id=0, bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(config).save_pretrained(work / "model")
@@ -52,14 +59,25 @@ def prepare(work: Path, hidden: int, layers: int) -> None:
     (work / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def rank_run(work: Path, whole: bool) -> None:
+def strategy(name: str):
+    """The Lightning strategy ``name`` for 2 processes on CPU."""
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from tests.distributed_run import CPUFSDPStrategy
+
+    return {"fsdp2": lambda: ModelParallelStrategy(2, 1), "ddp": lambda: DDPStrategy(),
+            "fsdp": lambda: CPUFSDPStrategy(auto_wrap_policy={LlamaDecoderLayer})}[name]()
+
+
+def rank_run(work: Path, whole: bool, name: str) -> None:
     """One process of the 2-process run (Lightning starts the other): its figures to ``rank<r>.json``."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
-    from lightning.pytorch.strategies import ModelParallelStrategy
+    from safetensors import safe_open
     from torch.distributed.tensor import DTensor
 
-    import lit_align.module
+    import lit_align.loading
     from lit_align.data import PreferenceDataModule
     from lit_align.module import AlignmentModule
     from lit_align.objectives import DPO
@@ -67,35 +85,46 @@ def rank_run(work: Path, whole: bool) -> None:
     from lit_align.trainer import AlignmentTrainer
 
     if whole:
-        lit_align.module.empty_base = lambda spec: None
+        lit_align.loading.empty_base = lambda spec: None
     baseline = rss_bytes()
+    configured = {}
+
+    class Measured(AlignmentModule):
+        def configure_model(self) -> None:
+            super().configure_model()  # under DDP the models are whole now; DDP's wrapper then broadcasts them
+            configured["peak"] = peak_bytes()
 
     class Measure(Callback):
         def on_train_start(self, trainer, pl_module):
-            models = [pl_module.policy, pl_module.reference.model]
+            models = [trainer.strategy.model, pl_module.reference.model]  # FSDP1: the wrapper holds the flat shards
             held = sum((p.to_local() if isinstance(p, DTensor) else p).nbytes for m in models for p in m.parameters())
-            size = sum(p.numel() for p in pl_module.policy.parameters()) * 4
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            figures = {"rank": trainer.global_rank, "baseline": baseline, "peak": peak, "held": held,
-                       "fp32_size": size, "overhead": (peak - baseline - held) / size}
+            with safe_open(work / "model" / "model.safetensors", framework="pt") as weights:
+                size = sum(math.prod(weights.get_slice(name).get_shape()) * 4 for name in weights.keys())
+            peak = peak_bytes()
+            figures = {"rank": trainer.global_rank, "baseline": baseline, "configured": configured["peak"],
+                       "peak": peak, "held": held, "fp32_size": size, "overhead": (peak - baseline - held) / size,
+                       "configured_overhead": (configured["peak"] - baseline - held) / size}
             (work / f"rank{trainer.global_rank}.json").write_text(json.dumps(figures))
             trainer.should_stop = True
 
-    module = AlignmentModule(DPO(), PolicySpec(path=str(work / "model")))
+    module = Measured(DPO(), PolicySpec(path=str(work / "model")))
+    if whole:  # a deep copy of the loaded policy, as before
+        module.reference.policy_spec = None
     data = PreferenceDataModule(str(work / "pairs.jsonl"), batch_size=1, val_fraction=0.0, max_length=16,
                                 max_prompt_length=8, tokenizer=str(work / "model"))
     L.seed_everything(0)
-    trainer = AlignmentTrainer(accelerator="cpu", devices=2, strategy=ModelParallelStrategy(2, 1), max_steps=1,
+    trainer = AlignmentTrainer(accelerator="cpu", devices=2, strategy=strategy(name), max_steps=1,
                                callbacks=[Measure()], logger=False, enable_checkpointing=False,
                                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                                num_sanity_val_steps=0, default_root_dir=str(work))
     trainer.fit(module, data)
 
 
-def measure(work: Path, whole: bool, hidden: int, layers: int, timeout: float = 300) -> list[dict]:
+def measure(work: Path, whole: bool, hidden: int, layers: int, vocab: int, strategy: str = "fsdp2",
+            timeout: float = 300) -> list[dict]:
     """Prepare ``work`` (once) and run the two processes; each rank's figures."""
     if not (work / "model" / "model.safetensors").exists():
-        prepare(work, hidden, layers)
+        prepare(work, hidden, layers, vocab)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -105,7 +134,8 @@ def measure(work: Path, whole: bool, hidden: int, layers: int, timeout: float = 
         env.pop(name, None)
     for old in work.glob("rank*.json"):
         old.unlink()
-    command = [sys.executable, str(Path(__file__).resolve()), "--rank-run", "--workdir", str(work)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--rank-run", "--workdir", str(work),
+               "--strategy", strategy]
     done = subprocess.run(command + (["--whole"] if whole else []), env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, check=False)
     if done.returncode != 0:
@@ -115,22 +145,27 @@ def measure(work: Path, whole: bool, hidden: int, layers: int, timeout: float = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategy", choices=["fsdp2", "fsdp", "ddp"], default="fsdp2")
     parser.add_argument("--whole", action="store_true", help="from_pretrained in every process + deep copy")
     parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--layers", type=int, default=14)
+    parser.add_argument("--vocab", type=int, default=16384, help="embeddings and head are 17%% of the default model, "
+                        "as in an 8B one (13%%): FSDP1 reads them in one unit")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--rank-run", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.rank_run:
-        rank_run(arguments.workdir, arguments.whole)
+        rank_run(arguments.workdir, arguments.whole, arguments.strategy)
         return
     with tempfile.TemporaryDirectory() as scratch:
-        for rank in measure(arguments.workdir or Path(scratch), arguments.whole, arguments.hidden, arguments.layers):
-            mib = {key: rank[key] / 2**20 for key in ("baseline", "peak", "held", "fp32_size")}
+        work = arguments.workdir or Path(scratch)
+        for rank in measure(work, arguments.whole, arguments.hidden, arguments.layers, arguments.vocab,
+                            arguments.strategy):
+            mib = {key: rank[key] / 2**20 for key in ("baseline", "configured", "peak", "held", "fp32_size")}
             print(f"rank {rank['rank']}: fp32 model {mib['fp32_size']:.0f} MiB, baseline {mib['baseline']:.0f} MiB, "
-                  f"peak {mib['peak']:.0f} MiB (+{mib['peak'] - mib['baseline']:.0f}), shards held "
-                  f"{mib['held']:.0f} MiB, loading overhead {rank['overhead']:.2f} × the fp32 model")
-
+                  f"held {mib['held']:.0f} MiB; peak once built +{mib['configured'] - mib['baseline']:.0f} MiB "
+                  f"(overhead {rank['configured_overhead']:.2f} × the fp32 model), at the first step "
+                  f"+{mib['peak'] - mib['baseline']:.0f} MiB (overhead {rank['overhead']:.2f} ×)")
 
 if __name__ == "__main__":
     main()

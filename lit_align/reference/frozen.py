@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from lit_align.head import check_output_head
 from lit_align.layout import decoder_inputs, response_states
+from lit_align.loading import load_base
 from lit_align.paths import absolute_if_local
-from lit_align.policy import DType, PolicySpec, final_hidden, lm_head, load_causal_lm
+from lit_align.policy import DType, PolicySpec, final_hidden, lm_head
 from lit_align.reference.base import OnlineReference
 from lit_align.sae.hooks import residual_stream
 
@@ -23,12 +24,14 @@ from lit_align.sae.hooks import residual_stream
 class FrozenCopy(OnlineReference):
     """A frozen, eval-mode copy of the policy as it is before training, or the model at ``path``.
 
-    The copy is taken in ``configure_model`` from the freshly built policy, so after a resume or in
-    ``load_from_checkpoint`` it is rebuilt from the initial weights, never from trained ones.
+    The copy is built in ``configure_model`` as the policy's base is — from the same files, or the same seeded
+    config — and never copied from the policy: so after a resume or in ``load_from_checkpoint`` it holds the
+    initial weights, never trained ones, and a large model is read once, shard by shard, like the policy
+    (:mod:`lit_align.loading`).
 
     Args:
-        path: a separate reference model (``from_pretrained``); unset means a copy of the initial policy.
-        dtype: the reference's dtype when loaded from ``path``; unset: the policy's.
+        path: a separate reference model; unset means a copy of the initial policy (without its LoRA adapter).
+        dtype: the reference's dtype; unset: the policy's.
         trust_remote_code: run the hub code of the model at ``path``; unset: as the policy.
         extra: further ``from_pretrained`` keyword arguments for ``path``; unset: the policy's ``extra``.
     """
@@ -51,21 +54,28 @@ class FrozenCopy(OnlineReference):
         self.policy_spec = spec
 
     def spec(self) -> PolicySpec:
-        """How the model at ``path`` is loaded: as the policy (its dtype, ``trust_remote_code`` and ``extra``),
-        with this reference's own settings where they are set; no adapter, no gradient checkpointing."""
+        """How the reference model is loaded: as the policy's base (its path or config, dtype,
+        ``trust_remote_code`` and ``extra``), from ``path`` if set, with this reference's own settings where they
+        are set; no adapter, no gradient checkpointing."""
         base = self.policy_spec or PolicySpec(path=self.path)
+        source = {"path": self.path, "config": None} if self.path is not None else {}
         overrides = {"dtype": self.dtype, "trust_remote_code": self.trust_remote_code, "extra": self.extra}
         return dataclasses.replace(
-            base, path=self.path, config=None, lora=None, gradient_checkpointing=False,
+            base, lora=None, gradient_checkpointing=False, **source,
             **{name: value for name, value in overrides.items() if value is not None},
         )
 
     def attach(self, policy: nn.Module, datamodule=None) -> None:
-        if self.path is not None:
-            model = load_causal_lm(self.spec(), key="model.reference.path")
-            check_output_head(model)
-        else:
+        """Build the reference as the policy's base is built (:func:`lit_align.loading.load_base`): its weights
+        read once from its files, or left on the meta device like an empty policy's, for sharding to fill. Used
+        on its own (no policy spec bound, no ``path``), it copies the model in hand."""
+        if self.path is None and self.policy_spec is None:
             model = copy.deepcopy(policy.get_base_model() if isinstance(policy, PeftModel) else policy)
+        else:
+            empty = any(parameter.is_meta for parameter in policy.parameters())
+            key = "model.reference.path" if self.path is not None else "model.policy.path"
+            model = load_base(self.spec(), key=key, empty=empty)
+            check_output_head(model)
         self.model = model.requires_grad_(False).eval()
 
     def shard(self, shard_model: Callable[[nn.Module], nn.Module]) -> None:
