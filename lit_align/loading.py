@@ -33,6 +33,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
+from lit_align.head import VERIFIED_MODEL_TYPES
 from lit_align.paths import resolve_local_or_hub
 
 if TYPE_CHECKING:
@@ -45,14 +46,19 @@ quantization config, a device map) are ``from_pretrained``'s to apply, so the mo
 
 
 def load_base(spec: PolicySpec, key: str = "model.policy.path", empty: bool = False) -> PreTrainedModel:
-    """The base causal LM of ``spec`` (no adapter); ``key`` names ``spec.path`` in errors. Read weight by weight
-    from its local safetensors files where it can be (:func:`empty_base`) — or, with ``empty``, left on the meta
-    device for a sharding strategy to fill (:func:`load_shards`, :class:`UnitLoader`) — else loaded with
-    ``from_pretrained`` (or built from ``spec.config``, seeded by ``spec.init_seed``)."""
+    """The base causal LM of ``spec`` (no adapter); ``key`` names ``spec.path`` in errors.
+
+    Read weight by weight from its local safetensors files where it can be (:func:`empty_base`); with ``empty``,
+    left on the meta device instead, for a sharding strategy to fill (:func:`load_shards`, :class:`UnitLoader`),
+    unless its family's output head must first be checked on real weights (:func:`lit_align.head.check_output_head`).
+    Otherwise loaded with ``from_pretrained``, or built from ``spec.config`` seeded by ``spec.init_seed``.
+    """
     model = empty_base(spec)
     if model is None:
         return load_causal_lm(spec, key)
-    return model if empty else load_shards(model, torch.get_default_device())
+    if empty and model.config.model_type in VERIFIED_MODEL_TYPES:  # another family's head is checked on its weights
+        return model
+    return load_shards(model, torch.get_default_device())
 
 
 def load_causal_lm(spec: PolicySpec, key: str = "model.policy.path") -> PreTrainedModel:

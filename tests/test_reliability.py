@@ -406,7 +406,7 @@ def code_lines(path: Path) -> dict[int, str]:
 
 
 def test_the_source_scan_sees_code():
-    lines = code_lines(ROOT / "lit_align" / "policy.py")
+    lines = code_lines(ROOT / "lit_align" / "loading.py")
     assert any("trust_remote_code=spec.trust_remote_code" in line for line in lines.values())
 
 
