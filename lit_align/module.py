@@ -10,9 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from dataclasses import is_dataclass
 from functools import partial
-from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -23,6 +21,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from lit_align.hyperparameters import save_plain_hyperparameters
 from lit_align.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
 from lit_align.loading import UnitLoader
 from lit_align.logprobs import sequence_logps
@@ -272,16 +271,3 @@ class AlignmentModule(L.LightningModule):
                 batch_size=batch_size,
             )
 
-
-def save_plain_hyperparameters(module: L.LightningModule, frame: FrameType | None) -> None:
-    """``module.save_hyperparameters()`` from the ``__init__`` running in ``frame``, less the Python objects.
-
-    Built by LightningCLI, the module's hyperparameters are its parsed config (plain data), so checkpoints
-    load weights-only and ``load_from_checkpoint`` rebuilds the module alone. Built from Python, objects are
-    left out (they would need pickle) and ``load_from_checkpoint`` takes them again as keyword arguments.
-    """
-    module.save_hyperparameters(frame=frame)
-    plain = (str, int, float, bool, type(None), dict, list)
-    objects = [name for name, value in module.hparams.items() if not isinstance(value, plain) or is_dataclass(value)]
-    if objects:
-        module.save_hyperparameters(ignore=objects, frame=frame)
