@@ -7,7 +7,17 @@ import statistics
 
 import pytest
 
-from tools.frontier.seeds import Cell, cells, check_diversity_order, check_ece_changes, check_kl_balance, compare
+from tools.frontier.claims import Frontier, RunSummary
+from tools.frontier.seeds import (
+    Cell,
+    cells,
+    check_diversity_order,
+    check_ece_changes,
+    check_kl_balance,
+    check_reward_above_frontier,
+    compare,
+    run_scalars,
+)
 
 
 def run(name: str, seed: int, beta: float = 0.1, **metrics) -> dict:
@@ -54,3 +64,35 @@ def test_diversity_order_and_ece_spread():
     assert check_diversity_order(cells(no_tradeoff)).outcome == "not testable here"
     assert check_ece_changes(cells(runs), "ece_margin", "m").outcome == "holds"
     assert check_ece_changes(cells(runs), "ece_likelihood", "l").outcome == "not measured"
+
+
+def evaluation(kl: float, reward: float, se: float) -> dict[str, float]:
+    return {"kl_reverse": kl, "reward": reward, "reward_se": se, "entropy": 1.0, "distinct_2": 0.5}
+
+
+def test_reward_above_dpo_frontier_hand_worked():
+    """DPO's evaluations (KL, reward ± se): (0.5, 0.6 ± 0.01), (1.0, 0.7 ± 0.01), (2.0, 0.8 ± 0.02), and a dominated
+    (1.5, 0.65) left off the frontier. At KL 1.5 the frontier is 0.75; a run at reward 0.8 ± 0.01 is 0.05 above it,
+    against 2·√(0.01² + 0.02²) = 0.0447 (the larger neighbour's se)."""
+    dpo = [RunSummary("dpo", "DPO", beta, history=h, margins=[0.1]) for beta, h in [
+        (0.1, [evaluation(0.5, 0.6, 0.01), evaluation(2.0, 0.8, 0.02)]),
+        (0.3, [evaluation(1.0, 0.7, 0.01), evaluation(1.5, 0.65, 0.01)]),
+    ]]
+    frontier = Frontier.of(dpo)
+    reference, above, margin = frontier.gap(evaluation(1.5, 0.8, 0.01))
+    assert (reference, above) == (pytest.approx(0.75), pytest.approx(0.05))
+    assert margin == pytest.approx(2 * (0.01**2 + 0.02**2) ** 0.5)
+    assert frontier.gap(evaluation(3.0, 0.9, 0.01)) is None  # beyond DPO's measured KL
+    tdpo2 = RunSummary("tdpo2", "TDPO2", 0.3, history=[evaluation(1.5, 0.8, 0.01)], margins=[0.2, -0.1])
+    assert run_scalars(tdpo2, frontier)["reward_above_dpo"] == pytest.approx(0.05)
+
+
+def test_reward_above_frontier_over_seeds():
+    def judged(gaps: list[float | None]) -> str:
+        runs = [run("tdpo2", s, beta=0.3, reward_above_dpo=g) for s, g in enumerate(gaps)]
+        return check_reward_above_frontier(cells(runs)).outcome
+
+    assert judged([0.075, 0.097, 0.090]) == "holds"  # mean 0.087, se 0.007
+    assert judged([0.05, -0.04, 0.01]) == "does not hold"  # within noise
+    assert judged([0.08, None, None]) == "not testable here"  # one seed within DPO's KL range
+    assert check_reward_above_frontier(cells([run("dpo", 0, reward=0.5)])).outcome == "not measured"

@@ -122,33 +122,53 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> np.ndarray:
     return np.asarray(frontier, dtype=float).reshape(-1, 2)
 
 
-def check_reward_at_equal_kl(runs: Sequence[RunSummary], candidate: str = "tdpo2", baseline: str = "dpo") -> Verdict:
-    """Each ``candidate`` run's final (KL, reward) against ``baseline``'s reward-vs-KL frontier (its Pareto
-    points over all β and all evaluations along training, linearly interpolated), where the KL lies within it.
+@dataclass(frozen=True)
+class Frontier:
+    """A baseline's reward-vs-KL frontier: the Pareto points of all its runs' evaluations (every β, every
+    checkpoint), with the sampling standard error of each point's reward."""
 
-    A run counts as higher when its reward exceeds the frontier's by more than twice the combined standard error
-    of the sampled rewards (its own and the larger of the two frontier points it falls between); the noise of
-    the KL estimates is not included.
-    """
+    points: np.ndarray
+    noise: dict[tuple[float, float], float]
+
+    @classmethod
+    def of(cls, runs: Sequence[RunSummary], baseline: str = "dpo") -> Frontier:
+        base = [h for run in runs if run.name == baseline for h in run.history]
+        return cls(pareto_frontier([(h["kl_reverse"], h["reward"]) for h in base]),
+                   {(h["kl_reverse"], h["reward"]): h.get("reward_se", 0.0) for h in base})
+
+    def gap(self, evaluation: dict[str, float]) -> tuple[float, float, float] | None:
+        """For an evaluation's (KL, reward): the frontier's reward at that KL (linearly interpolated), the
+        evaluation's reward above it, and twice the combined standard error of the sampled rewards (its own and
+        the larger of the two frontier points it falls between; the noise of the KL estimates is not included).
+        ``None`` where the KL lies outside the frontier's range."""
+        kl, frontier = evaluation["kl_reverse"], self.points
+        if len(frontier) < 2 or not frontier[0, 0] <= kl <= frontier[-1, 0]:
+            return None
+        reference = float(np.interp(kl, frontier[:, 0], frontier[:, 1]))
+        right = min(int(np.searchsorted(frontier[:, 0], kl)), len(frontier) - 1)
+        neighbours = [self.noise[tuple(frontier[i])] for i in {max(0, right - 1), right}]
+        margin = 2 * float(np.hypot(evaluation.get("reward_se", 0.0), max(neighbours)))
+        return reference, evaluation["reward"] - reference, margin
+
+
+def check_reward_at_equal_kl(runs: Sequence[RunSummary], candidate: str = "tdpo2", baseline: str = "dpo") -> Verdict:
+    """Each ``candidate`` run's final (KL, reward) against ``baseline``'s :class:`Frontier`, where the KL lies
+    within it: higher when its reward exceeds the frontier's by more than twice the combined standard error."""
     claim = "TDPO2 reaches higher reward than DPO at equal KL(π‖π_ref) (TDPO)"
-    base = [h for run in runs if run.name == baseline for h in run.history]
-    frontier = pareto_frontier([(h["kl_reverse"], h["reward"]) for h in base])
-    noise = {(h["kl_reverse"], h["reward"]): h.get("reward_se", 0.0) for h in base}
+    frontier = Frontier.of(runs, baseline)
     results, evidence = [], []
     for run in sorted((r for r in runs if r.name == candidate), key=lambda r: r.beta):
         kl, reward = run.final["kl_reverse"], run.final["reward"]
-        if len(frontier) < 2 or not frontier[0, 0] <= kl <= frontier[-1, 0]:
+        gap = frontier.gap(run.final)
+        if gap is None:
             evidence.append(f"β={run.beta:g}: KL {kl:.2f} outside DPO's measured range, not compared")
             continue
-        reference = float(np.interp(kl, frontier[:, 0], frontier[:, 1]))
-        right = min(int(np.searchsorted(frontier[:, 0], kl)), len(frontier) - 1)
-        neighbours = [noise[tuple(frontier[i])] for i in {max(0, right - 1), right}]
-        margin = 2 * float(np.hypot(run.final.get("reward_se", 0.0), max(neighbours)))
-        higher = reward - reference > margin
+        reference, above, margin = gap
+        higher = above > margin
         results.append(higher)
         evidence.append(
             f"β={run.beta:g}: KL {kl:.2f}, reward {reward:.3f} vs DPO frontier {reference:.3f} "
-            f"({reward - reference:+.3f}, 2·se {margin:.3f}: {_yes(higher)})"
+            f"({above:+.3f}, 2·se {margin:.3f}: {_yes(higher)})"
         )
     return Verdict(claim, _outcome(results), evidence)
 

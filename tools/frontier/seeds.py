@@ -18,12 +18,14 @@ from typing import Literal
 import torch
 
 from lit_align.eval import LikelihoodCalibrationError, PreferenceCalibrationError
-from tools.frontier.claims import RunSummary
+from tools.frontier.claims import Frontier, RunSummary
 
 Outcome = Literal["holds", "partly", "does not hold", "not testable here", "not measured"]
-METRICS = ("reward", "entropy", "distinct_2", "kl_reverse", "accuracy", "seq_kl_gap", "ece_margin", "ece_likelihood")
+METRICS = ("reward", "entropy", "distinct_2", "kl_reverse", "accuracy", "seq_kl_gap", "ece_margin", "ece_likelihood",
+           "reward_above_dpo")
 """Per-run scalars: end-of-training reward, entropy/token, distinct-2 and KL(π‖π_ref); held-out accuracy;
-``seq_kl_gap`` = mean SeqKL(rejected) − mean SeqKL(chosen); the two calibration errors."""
+``seq_kl_gap`` = mean SeqKL(rejected) − mean SeqKL(chosen); the two calibration errors; ``reward_above_dpo`` = the
+end reward minus DPO's reward-vs-KL frontier (all DPO runs, every seed, β and checkpoint) at the run's KL."""
 DIVERGENCES = ("dpo", "js", "forward_kl")
 """The f-DPO ordering: reverse KL (DPO), then JS, then forward KL."""
 
@@ -135,6 +137,30 @@ def check_kl_balance(table: dict[tuple[str, float], Cell]) -> Verdict:
     return Verdict(claim, _outcome(results, len(results)), evidence)
 
 
+def check_reward_above_frontier(table: dict[tuple[str, float], Cell]) -> Verdict:
+    """TDPO: TDPO2 reaches a higher reward than DPO at equal KL. Each TDPO2 run's reward above DPO's frontier at
+    its KL (``reward_above_dpo``), averaged over seeds, must exceed twice its seed-level standard error. No premise
+    beyond DPO's frontier spanning the run's KL (a seed outside it is left out)."""
+    claim = "TDPO2 reaches higher reward than DPO at equal KL(π‖π_ref) (TDPO)"
+    evidence, results = [], []
+    for beta in _betas(table):
+        cell = table.get(("tdpo2", beta))
+        if cell is None:
+            continue
+        above = cell.values.get("reward_above_dpo", [])
+        if len(above) < 2:
+            evidence.append(f"β={beta:g}: {len(above)} seed(s) within DPO's measured KL range, not judged")
+            continue
+        mean, se = cell.mean_se("reward_above_dpo")
+        results.append(mean > 2 * se)
+        evidence.append(f"β={beta:g}: reward above DPO's frontier per seed "
+                        f"{', '.join(f'{x:+.3f}' for x in above)}; mean {mean:+.3f} (2·se {2 * se:.3f}) "
+                        f"({'yes' if results[-1] else 'no'})")
+    if not evidence:
+        return Verdict(claim, "not measured", [])
+    return Verdict(claim, _outcome(results, len(results)), evidence)
+
+
 def check_ece_changes(table: dict[tuple[str, float], Cell], metric: str, measure: str) -> Verdict:
     """f-DPO: the divergence changes the calibration error. At each β the f-DPO runs' lowest and highest seed
     means must differ by more than twice the standard error of their difference. No premise."""
@@ -160,27 +186,30 @@ def verdicts(runs: Sequence[dict]) -> list[Verdict]:
     table = cells(runs)
     return [
         check_diversity_order(table),
+        check_reward_above_frontier(table),
         check_kl_balance(table),
         check_ece_changes(table, "ece_margin", "reward-margin ECE (lit-align's PreferenceCalibrationError)"),
         check_ece_changes(table, "ece_likelihood", "the f-DPO paper's likelihood ECE (LikelihoodCalibrationError)"),
     ]
 
 
-def run_scalars(run: RunSummary) -> dict:
-    """The per-run numbers :func:`verdicts` judges over seeds, from one run of the sweep."""
+def run_scalars(run: RunSummary, dpo: Frontier) -> dict:
+    """The per-run numbers :func:`verdicts` judges over seeds, from one run of the sweep and DPO's frontier."""
     f = run.final
+    gap = dpo.gap(f)
     margin_ece, likelihood_ece = PreferenceCalibrationError(), LikelihoodCalibrationError()
     margin_ece.update(torch.tensor(run.margins))
-    gap = None
+    seq_kl_gap = None
     if run.chosen_seq_kl:
-        gap = sum(run.rejected_seq_kl) / len(run.rejected_seq_kl) - sum(run.chosen_seq_kl) / len(run.chosen_seq_kl)
+        seq_kl_gap = statistics.fmean(run.rejected_seq_kl) - statistics.fmean(run.chosen_seq_kl)
     if run.chosen_mean_logps is not None:
         likelihood_ece.update(torch.tensor(run.chosen_mean_logps), torch.tensor(run.rejected_mean_logps))
     return {
         "name": run.name, "label": run.label, "beta": run.beta, "seed": run.seed, "reward": f["reward"],
         "entropy": f["entropy"], "distinct_2": f["distinct_2"], "kl_reverse": f["kl_reverse"],
-        "accuracy": run.accuracy, "seq_kl_gap": gap, "ece_margin": float(margin_ece.compute()),
+        "accuracy": run.accuracy, "seq_kl_gap": seq_kl_gap, "ece_margin": float(margin_ece.compute()),
         "ece_likelihood": float(likelihood_ece.compute()) if run.chosen_mean_logps is not None else None,
+        "reward_above_dpo": gap[1] if gap is not None else None,
     }
 
 
@@ -197,6 +226,7 @@ def seed_section(runs: list[RunSummary]) -> list[str]:
     lines += [f"{fewest}+ seeds per cell; a difference counts when it exceeds twice its seed-level standard error; "
               "a claim whose premise does not show here is *not testable here*.", "",
               "| claim | outcome | numbers |", "|---|---|---|"]
-    for verdict in verdicts([run_scalars(run) for run in runs]):
+    dpo = Frontier.of(runs)
+    for verdict in verdicts([run_scalars(run, dpo) for run in runs]):
         lines.append(f"| {verdict.claim} | **{verdict.outcome}** | {'<br>'.join(verdict.evidence) or '—'} |")
     return lines
