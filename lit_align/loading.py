@@ -14,8 +14,9 @@ are not in the checkpoint — and each parameter is then filled from a safetenso
   is read (:class:`UnitLoader`, FSDP's ``param_init_fn``).
 
 A process so holds its own part of the model plus one weight (FSDP1: one unit), never the whole checkpoint; the
-numbers equal ``from_pretrained``'s. A model that cannot be read this way — from a hub id, from a config, or from
-files whose weight names differ from the model's — is loaded with ``from_pretrained``.
+numbers equal ``from_pretrained``'s. A model that cannot be read this way — a hub id, files whose weight names
+differ from the model's, ``from_pretrained`` arguments a config cannot take — is loaded with ``from_pretrained``;
+a model given as a config is built from it.
 """
 
 from __future__ import annotations

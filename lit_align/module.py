@@ -270,4 +270,3 @@ class AlignmentModule(L.LightningModule):
                 prog_bar=name in ("loss", "rewards/accuracies"),
                 batch_size=batch_size,
             )
-
