@@ -18,10 +18,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from peft import PeftModel
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
 from lit_align.errors import ConfigError
+from lit_align.loading import with_generation_config
 from lit_align.policy import DType, LoraSettings, PolicySpec, add_adapter
 
 METADATA_FILE = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
@@ -69,10 +70,7 @@ def empty_policy(spec: PolicySpec) -> nn.Module:
                                                  trust_remote_code=spec.trust_remote_code)
     if spec.path is not None:
         model.name_or_path = spec.path
-        try:
-            model.generation_config = GenerationConfig.from_pretrained(spec.path)
-        except OSError:  # the base has no generation_config.json: keep the one derived from its config
-            pass
+        with_generation_config(model, spec.path)
     return add_adapter(model, spec)
 
 

@@ -97,8 +97,16 @@ def empty_causal_lm(spec: PolicySpec) -> PreTrainedModel:
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, spec.dtype),
                                                  trust_remote_code=spec.trust_remote_code, **spec.extra)
     model.tie_weights()
-    if (Path(spec.path) / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(spec.path)
+    return with_generation_config(model, spec.path)
+
+
+def with_generation_config(model: PreTrainedModel, path: str) -> PreTrainedModel:
+    """``model`` with the generation config saved at ``path``, as ``from_pretrained`` gives it; where there is none,
+    the one derived from the model's config stays."""
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:
+        pass
     return model
 
 
@@ -115,11 +123,17 @@ def weight_files(path: str) -> dict[str, Path]:
         return dict.fromkeys(handle.keys(), single)
 
 
+def is_empty(model: nn.Module) -> bool:
+    """Whether ``model`` still has parameters on the meta device, to be read later (:func:`load_base` with
+    ``empty``)."""
+    return any(parameter.is_meta for parameter in model.parameters())
+
+
 def load_shards(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
     """Give the meta-device parameters of ``model`` (sharded with ``fully_shard``, or not) storage on ``device``
     and fill this process's part of each from the safetensors files at ``model.name_or_path``. Buffers keep their
     values; tied weights stay tied."""
-    if not any(parameter.is_meta for parameter in model.parameters()):
+    if not is_empty(model):
         return model
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers() if not buffer.is_meta}
     model.to_empty(device=device)

@@ -23,7 +23,7 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from lit_align.hyperparameters import save_plain_hyperparameters
 from lit_align.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
-from lit_align.loading import UnitLoader
+from lit_align.loading import UnitLoader, is_empty
 from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs
@@ -134,7 +134,7 @@ class AlignmentModule(L.LightningModule):
         if self.device_mesh is not None:
             self._shard(self.device_mesh)
         elif self._fsdp1():  # the strategy wraps the policy, reading an empty one's weights unit by unit
-            if any(parameter.is_meta for parameter in self.policy.parameters()):
+            if is_empty(self.policy):
                 self.trainer.strategy.kwargs["param_init_fn"] = UnitLoader(self.policy)
             if self.reference is not None:  # but not the reference
                 self.reference.shard(wrap_frozen_fsdp1)

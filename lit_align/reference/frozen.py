@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lit_align.head import check_output_head
 from lit_align.layout import decoder_inputs, response_states
-from lit_align.loading import load_base
+from lit_align.loading import is_empty, load_base
 from lit_align.paths import absolute_if_local
 from lit_align.policy import DType, PolicySpec, final_hidden, lm_head
 from lit_align.reference.base import OnlineReference
@@ -71,10 +71,10 @@ class FrozenCopy(OnlineReference):
         on its own (no policy spec bound, no ``path``), it copies the model in hand."""
         if self.path is None and self.policy_spec is None:
             model = copy.deepcopy(policy.get_base_model() if isinstance(policy, PeftModel) else policy)
+        elif self.path is None:  # the policy's own base, whose output head build_policy has checked
+            model = load_base(self.spec(), empty=is_empty(policy))
         else:
-            empty = any(parameter.is_meta for parameter in policy.parameters())
-            key = "model.reference.path" if self.path is not None else "model.policy.path"
-            model = load_base(self.spec(), key=key, empty=empty)
+            model = load_base(self.spec(), key="model.reference.path", empty=is_empty(policy))
             check_output_head(model)
         self.model = model.requires_grad_(False).eval()
 
