@@ -22,8 +22,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.initialization import no_init_weights
 
 from lit_align.errors import ConfigError
-from lit_align.loading import with_generation_config
-from lit_align.policy import DType, LoraSettings, PolicySpec, add_adapter
+from lit_align.models.loading import with_generation_config
+from lit_align.models.policy import DType, LoraSettings, PolicySpec, add_adapter
 
 METADATA_FILE = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
 SHARDED_KEYS = ("state_dict", "model")  # where FSDP2 (ModelParallelStrategy) and FSDP1 (FSDPStrategy) put weights

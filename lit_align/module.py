@@ -22,18 +22,18 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from lit_align.hyperparameters import save_plain_hyperparameters
-from lit_align.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
-from lit_align.loading import UnitLoader, is_empty
-from lit_align.logprobs import sequence_logps
 from lit_align.metrics import MetricBank, pair_metrics
+from lit_align.models.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
+from lit_align.models.loading import UnitLoader, is_empty
+from lit_align.models.logprobs import sequence_logps
+from lit_align.models.policy import PolicySpec, build_policy, final_hidden, lm_head
+from lit_align.models.sharding import FSDPMixedPrecision, shard_and_load, wrap_frozen_fsdp1
+from lit_align.models.token_kl import sequence_logps_and_kl
 from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs
-from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head
 from lit_align.reference import FrozenCopy, OnlineReference, ReferenceProvider
 from lit_align.reference.default import default_reference
 from lit_align.reference.precompute import reference_columns
 from lit_align.schedule import Schedule
-from lit_align.sharding import FSDPMixedPrecision, shard_and_load, wrap_frozen_fsdp1
-from lit_align.token_kl import sequence_logps_and_kl
 from lit_align.validation import check_vocabulary, require_counts
 
 WEIGHT_DECAY = 0.0
@@ -62,11 +62,11 @@ class AlignmentModule(L.LightningModule):
             reference see the same function at step 0.
         logits_chunk_size: response positions per LM-head call.
         packing: run each pair as one sequence ``[prompt | chosen | rejected]``, the batch's pairs packed into
-            rows without padding between them, so every prompt is computed once (:mod:`lit_align.layout`); the
+            rows without padding between them, so every prompt is computed once (:mod:`lit_align.models.layout`); the
             per-pair results equal the padded layout's. A model family or attention backend that cannot take the
             packed mask runs padded, saying so once; so does an SAE extractor whose pooling divides by the padded
             length (``SAEFeatures(pooling="padded_shifted")``).
-        mixed_precision: FSDP2's mixed precision (:class:`~lit_align.sharding.FSDPMixedPrecision`: bf16
+        mixed_precision: FSDP2's mixed precision (:class:`~lit_align.models.sharding.FSDPMixedPrecision`: bf16
             all-gather and compute, fp32 gradient reduction and master weights); FSDP2 only (FSDP1 takes
             ``trainer.strategy.init_args.mixed_precision``, other strategies ``trainer.precision``).
     """
@@ -143,7 +143,7 @@ class AlignmentModule(L.LightningModule):
         return self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
 
     def _loads_after_sharding(self) -> bool:
-        """Whether the policy is built empty and reads its weights once sharded (:mod:`lit_align.loading`): under
+        """Whether the policy is built empty and reads its weights once sharded (:mod:`lit_align.models.loading`): under
         FSDP2 and FSDP1, for a full fine-tune (a LoRA adapter is initialised on a loaded base) whose reference,
         if any, is a frozen copy (a store fingerprints the policy's weights as it attaches)."""
         sharded = self.device_mesh is not None or self._fsdp1()

@@ -26,9 +26,9 @@ from transformers import AutoModelForCausalLM
 from lit_align.callbacks.save_adapter import SaveAdapter
 from lit_align.callbacks.save_hf import SaveHFModel
 from lit_align.data import PreferenceDataModule
+from lit_align.models.policy import LoraSettings, PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
-from lit_align.policy import LoraSettings, PolicySpec
 from lit_align.reference import FrozenCopy
 from lit_align.trainer import AlignmentTrainer
 

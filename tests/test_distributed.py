@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from lit_align.export import export_checkpoint
-from lit_align.sharding import decoder_layer_classes
+from lit_align.models.sharding import decoder_layer_classes
 from tests.distributed_run import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,7 +260,7 @@ def test_fsdp_config_is_lightnings_fsdp_strategy_as_issued(model_dir):
     wrap, checkpointing = strategy.kwargs["auto_wrap_policy"], strategy._activation_checkpointing_kwargs
     assert wrap._module_classes == checkpointing["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
     assert strategy.sharding_strategy.name == "FULL_SHARD" and strategy._state_dict_type == "sharded"
-    # the class named is the model's own decoder layer, the unit lit_align.sharding uses too
+    # the class named is the model's own decoder layer, the unit lit_align.models.sharding uses too
     assert decoder_layer_classes(AutoModelForCausalLM.from_pretrained(model_dir)) == {"LlamaDecoderLayer"}
 
 

@@ -34,9 +34,9 @@ from lit_align.eval import (
 )
 from lit_align.eval.generation import response_logps
 from lit_align.eval.metrics import standard_error
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
-from lit_align.policy import PolicySpec
 from lit_align.tasks import (
     ControlledTask,
     ControlledTaskSettings,

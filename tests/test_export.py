@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_align.callbacks import SaveHFModel
 from lit_align.export import export_checkpoint
+from lit_align.models.policy import LoraSettings, PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
-from lit_align.policy import LoraSettings, PolicySpec
 from tests.test_module import adam, make_data, make_trainer
 
 LORA = {"r": 4, "alpha": 8}

@@ -16,12 +16,12 @@ from torch import Tensor
 from transformers import AutoTokenizer
 
 from lit_align.eval.generation import score_responses
-from lit_align.head import VERIFIED_MODEL_TYPES, check_output_head, hidden_through_forward
-from lit_align.logprobs import sequence_logps
-from lit_align.policy import PolicySpec, build_policy, final_hidden, lm_head, load_causal_lm
+from lit_align.models.head import VERIFIED_MODEL_TYPES, check_output_head, hidden_through_forward
+from lit_align.models.logprobs import sequence_logps
+from lit_align.models.policy import PolicySpec, build_policy, final_hidden, lm_head, load_causal_lm
+from lit_align.models.token_kl import sequence_logps_and_kl
 from lit_align.reference import DisabledAdapter, FrozenCopy
 from lit_align.sae import residual_stream
-from lit_align.token_kl import sequence_logps_and_kl
 from tests.families import FAMILIES, POST_HEAD_FAMILIES, build_family, family_batch
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)

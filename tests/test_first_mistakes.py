@@ -20,10 +20,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lit_align.cli import main
 from lit_align.data import PreferenceDataModule
 from lit_align.errors import ConfigError, find_config_error
+from lit_align.models.policy import LoraSettings, PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
 from lit_align.objectives.functional import fdpo_loss
-from lit_align.policy import LoraSettings, PolicySpec
 from lit_align.trainer import AlignmentTrainer
 from tests.conftest import TINY_LLAMA
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lit_align.layout import PACKED
+from lit_align.models.layout import PACKED
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FPO
 from lit_align.objectives.fpo import fpo_loss, topk_feature_mse
-from lit_align.policy import PolicySpec
 from lit_align.reference.fingerprint import sae_fingerprint
 from lit_align.sae import SAEFeatures, SparseAutoencoder, pooled_features
 from tests.test_fpo_module import TOP_K, built, perturb, write_sae

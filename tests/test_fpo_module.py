@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from lit_align.models.policy import LoraSettings, PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO, FPO, SFT, Mixture
-from lit_align.policy import LoraSettings, PolicySpec
 from lit_align.reference import DisabledAdapter, FrozenCopy, OfflineStore
 from lit_align.reference.precompute import feature_columns
 from lit_align.reference.sparse import dense_rows, offsets_of, sparse_rows

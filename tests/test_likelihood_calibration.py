@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from lit_align.eval import LikelihoodCalibrationError, PreferenceCalibrationError, pair_statistics
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
-from lit_align.policy import PolicySpec
 from tests.test_module import make_data
 
 

@@ -1,6 +1,6 @@
-"""A large policy and its frozen-copy reference load once (``lit_align/loading.py``) under FSDP2, FSDP1 and DDP: 2 gloo
-processes, a ~190M-parameter Llama from its config; each process's peak host memory above its baseline is what it
-holds (its shards of the policy and the reference; under DDP both whole) plus less than half the fp32 model —
+"""A large policy and its frozen-copy reference load once (``lit_align/models/loading.py``) under FSDP2, FSDP1 and
+DDP: 2 gloo processes, a ~190M-parameter Llama from its config; each process's peak host memory above its baseline
+is what it holds (its shards of the policy and the reference; under DDP both whole) plus less than half the fp32 model —
 where ``from_pretrained`` in every process and a deep copy cost 1.2× (FSDP1) to 1.5× (FSDP2) the model beyond that
 (``python tools/load_memory.py --whole``). The training numbers of these paths equal one process's:
 ``tests/test_distributed.py`` (its FSDP and DDP runs load this way)."""

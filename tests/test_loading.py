@@ -1,4 +1,4 @@
-"""Reading weights once (``lit_align/loading.py``) gives ``from_pretrained``'s model exactly, for every verified
+"""Reading weights once (``lit_align/models/loading.py``) gives ``from_pretrained``'s model exactly, for every verified
 family: read whole (one process, DDP), read unit by unit as FSDP1 reaches each module (``UnitLoader``), tied
 embeddings kept tied. (FSDP2's shard-by-shard reading is checked in ``tests/test_distributed.py`` and
 ``tests/test_load_memory.py``.) The frozen-copy reference is built the same way, never copied from the policy."""
@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from lit_align.loading import UnitLoader, empty_base, load_base
+from lit_align.models.loading import UnitLoader, empty_base, load_base
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
-from lit_align.policy import PolicySpec
 from tests.families import FAMILIES, build_family, family_batch
 
 RENAMED_ON_SAVE = {"gpt_neox"}

@@ -14,9 +14,9 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from lit_align.callbacks.save_adapter import SaveAdapter
+from lit_align.models.policy import LoraSettings, PolicySpec, build_policy
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
-from lit_align.policy import LoraSettings, PolicySpec, build_policy
 from tests.test_module import make_data, make_trainer
 
 MERGE = Path(__file__).resolve().parents[1] / "tools" / "merge_lora.py"

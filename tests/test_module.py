@@ -14,9 +14,9 @@ from lightning.pytorch.callbacks import Callback
 from transformers import AutoModelForCausalLM
 
 from lit_align.data import PreferenceDataModule
+from lit_align.models.policy import LoraSettings, PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
-from lit_align.policy import LoraSettings, PolicySpec
 from lit_align.reference import DisabledAdapter, FrozenCopy
 from lit_align.trainer import AlignmentTrainer
 

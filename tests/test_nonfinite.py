@@ -17,10 +17,10 @@ from lightning.pytorch.callbacks import Callback
 from lit_align.callbacks import NonFiniteError, NonFiniteGuard
 from lit_align.checkpoint_io import SafeCheckpointIO
 from lit_align.data import PreferenceDataModule
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
 from lit_align.objectives.base import ObjectiveOutput, PreferenceInputs
-from lit_align.policy import PolicySpec
 from tests.test_distributed import loopback_env
 from tests.test_module import adam, make_data, make_trainer
 

@@ -13,11 +13,11 @@ from torch.nn.attention.flex_attention import create_block_mask, create_mask, fl
 
 from lit_align.data.collator import PairCollator
 from lit_align.data.packing import pack_pairs
-from lit_align.layout import pair_mask, pair_rule
+from lit_align.models.layout import pair_mask, pair_rule
+from lit_align.models.policy import LoraSettings, PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO, FDPO, FPO, SFT, TDPO, Mixture, PairwiseObjective, SimPO
 from lit_align.objectives.shapes import LOSS_SHAPES
-from lit_align.policy import LoraSettings, PolicySpec
 from lit_align.reference import DisabledAdapter, FrozenCopy
 from tests.test_fpo_module import TOP_K, built, perturb, write_sae
 

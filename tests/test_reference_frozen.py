@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
-from lit_align.policy import PolicySpec
 from lit_align.reference import FrozenCopy
 
 REMOTE_CONFIG = (

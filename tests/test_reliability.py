@@ -24,9 +24,9 @@ from transformers import AutoTokenizer
 from lit_align.callbacks import PrecomputeJournal
 from lit_align.cli import main
 from lit_align.data import PreferenceDataModule
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO, FPO
-from lit_align.policy import PolicySpec
 from lit_align.reference import OfflineStore
 from lit_align.reference.sparse import dense_rows
 from lit_align.reference.store import read_store
@@ -406,7 +406,7 @@ def code_lines(path: Path) -> dict[int, str]:
 
 
 def test_the_source_scan_sees_code():
-    lines = code_lines(ROOT / "lit_align" / "loading.py")
+    lines = code_lines(ROOT / "lit_align" / "models" / "loading.py")
     assert any("trust_remote_code=spec.trust_remote_code" in line for line in lines.values())
 
 

@@ -11,9 +11,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DistributedSampler
 
 from lit_align.data.sampler import TrainOrder
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
-from lit_align.policy import PolicySpec
 from tests.distributed_run import StepRecorder
 from tests.test_module import make_data, make_trainer
 

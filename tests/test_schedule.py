@@ -8,9 +8,9 @@ import math
 import pytest
 from lightning.pytorch.callbacks import Callback
 
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
-from lit_align.policy import PolicySpec
 from lit_align.schedule import Schedule
 from tests.test_module import adam, make_data, make_trainer
 

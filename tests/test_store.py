@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
-from lit_align.policy import PolicySpec
 from lit_align.reference import FrozenCopy, OfflineStore
 from lit_align.reference.fingerprint import weights_fingerprint
 from lit_align.reference.store import read_store

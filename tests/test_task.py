@@ -18,9 +18,9 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from lit_align.data import PreferenceDataModule
 from lit_align.eval.generation import ended_before, score_responses
 from lit_align.jsonl import read_jsonl
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
-from lit_align.policy import PolicySpec
 from lit_align.reference import FrozenCopy
 from lit_align.tasks import (
     ControlledTask,

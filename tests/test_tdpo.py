@@ -11,9 +11,9 @@ import torch
 from jsonargparse import ArgumentParser
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lit_align.models.token_kl import sequence_logps_and_kl
 from lit_align.objectives import TDPO, PreferenceInputs
 from lit_align.objectives.functional import tdpo_loss
-from lit_align.token_kl import sequence_logps_and_kl
 
 
 def naive_tdpo(pc, pr, rc, rr, kl_c, kl_r, beta, alpha, variant):

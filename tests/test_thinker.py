@@ -10,7 +10,7 @@ import torch
 from jsonargparse import ArgumentError
 
 from lit_align.cli import main
-from lit_align.policy import PolicySpec
+from lit_align.models.policy import PolicySpec
 from lit_align.thinker import (
     AssistantLM,
     BlockPrior,

@@ -1,4 +1,4 @@
-"""Chunked sequential KL and log-probs (lit_align.token_kl) against a float64 loop oracle."""
+"""Chunked sequential KL and log-probs (lit_align.models.token_kl) against a float64 loop oracle."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lit_align.logprobs import sequence_logps
-from lit_align.token_kl import sequence_logps_and_kl
+from lit_align.models.logprobs import sequence_logps
+from lit_align.models.token_kl import sequence_logps_and_kl
 
 BATCH, TIME, HIDDEN, VOCAB = 3, 7, 5, 11
 ZERO_PROB_TOKENS = [1, 4, 9]

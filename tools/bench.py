@@ -286,10 +286,10 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
     from lightning.pytorch.callbacks import Callback
 
     from lit_align.data import PreferenceDataModule
-    from lit_align.layout import PACKED
+    from lit_align.models.layout import PACKED
+    from lit_align.models.policy import PolicySpec
     from lit_align.module import AlignmentModule
     from lit_align.objectives import DPO
-    from lit_align.policy import PolicySpec
     from lit_align.reference import FrozenCopy, OfflineStore
     from lit_align.trainer import AlignmentTrainer
 

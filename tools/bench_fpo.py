@@ -58,7 +58,7 @@ class Config:
 
 
 def _policy_spec(cfg: Config):
-    from lit_align.policy import PolicySpec
+    from lit_align.models.policy import PolicySpec
 
     heads = max(1, cfg.hidden // 64)
     return PolicySpec(

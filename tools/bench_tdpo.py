@@ -2,10 +2,10 @@
 
 One step = policy forward + backward, reference forward under ``no_grad``, on a small random Llama:
 
-- ``dpo``: response log-probs of both models with :func:`lit_align.logprobs.sequence_logps`.
+- ``dpo``: response log-probs of both models with :func:`lit_align.models.logprobs.sequence_logps`.
 - ``tdpo-naive``: full ``(batch, time, vocab)`` logits of both models and full (log-)softmaxes, as the
   authors' code (``_tdpo_get_batch_logps``) does.
-- ``tdpo-chunked``: :func:`lit_align.token_kl.sequence_logps_and_kl`.
+- ``tdpo-chunked``: :func:`lit_align.models.token_kl.sequence_logps_and_kl`.
 
 Each configuration runs in a fresh ``spawn`` child process. Memory is the growth of the resident set during
 the step: the peak (``ru_maxrss``) after the step minus the resident set after building models and inputs,
@@ -65,9 +65,9 @@ def _build(cfg: Config):
 def _step(cfg: Config, policy, reference, input_ids, attention_mask, response_mask) -> None:
     import torch
 
-    from lit_align.logprobs import sequence_logps
+    from lit_align.models.logprobs import sequence_logps
+    from lit_align.models.token_kl import sequence_logps_and_kl
     from lit_align.objectives.functional import fdpo_loss, tdpo_loss
-    from lit_align.token_kl import sequence_logps_and_kl
 
     pairs = cfg.pairs
     if cfg.method == "tdpo-naive":

@@ -27,10 +27,10 @@ import lightning as L
 import torch
 
 from lit_align.data import PreferenceDataModule
+from lit_align.models.policy import PolicySpec, final_hidden
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
 from lit_align.objectives.fpo import topk_feature_mse
-from lit_align.policy import PolicySpec, final_hidden
 from lit_align.sae import ResidualCapture, load_sae, pooled_features
 from lit_align.trainer import AlignmentTrainer
 from tools.frontier.settings import HHSettings

@@ -87,11 +87,11 @@ def lit_parts(spec: dict, arm: str, sharded: bool = True):
     import torch
 
     from lit_align.data import PreferenceDataModule
+    from lit_align.models.policy import LoraSettings, PolicySpec
+    from lit_align.models.sharding import FSDPMixedPrecision
     from lit_align.module import AlignmentModule
     from lit_align.objectives import DPO, FPO, TDPO
-    from lit_align.policy import LoraSettings, PolicySpec
     from lit_align.reference import OfflineStore
-    from lit_align.sharding import FSDPMixedPrecision
 
     work = Path(spec["workdir"])
     objective = {"tdpo2": lambda: TDPO(variant=2, beta=0.1, alpha=0.5),

@@ -51,9 +51,9 @@ from lit_align.eval import (
     sample_continuations,
     score_responses,
 )
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO, FDPO, TDPO, Objective
-from lit_align.policy import PolicySpec
 from lit_align.tasks import SFTSettings, TinyLlamaSettings
 from tools.frontier.runner import _redirect_output
 from tools.frontier.runs import _trainer

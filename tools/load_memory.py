@@ -3,7 +3,7 @@
 once), ``AlignmentModule(DPO)`` under FSDP2 (Lightning's ``ModelParallelStrategy``), FSDP1 (``FSDPStrategy``, on CPU
 through the tests' ``CPUFSDPStrategy``) or DDP, up to the first training step::
 
-    python tools/load_memory.py --strategy fsdp2          # lit-align's loading (lit_align/loading.py)
+    python tools/load_memory.py --strategy fsdp2          # lit-align's loading (lit_align/models/loading.py)
     python tools/load_memory.py --strategy fsdp2 --whole  # the old way: from_pretrained in every process + deep copy
 
 Per rank it prints the resident set before ``fit`` (the baseline), the peak (``ru_maxrss``) once the models are
@@ -77,15 +77,15 @@ def rank_run(work: Path, whole: bool, name: str) -> None:
     from safetensors import safe_open
     from torch.distributed.tensor import DTensor
 
-    import lit_align.loading
+    import lit_align.models.loading
     from lit_align.data import PreferenceDataModule
+    from lit_align.models.policy import PolicySpec
     from lit_align.module import AlignmentModule
     from lit_align.objectives import DPO
-    from lit_align.policy import PolicySpec
     from lit_align.trainer import AlignmentTrainer
 
     if whole:
-        lit_align.loading.empty_base = lambda spec: None
+        lit_align.models.loading.empty_base = lambda spec: None
     baseline = rss_bytes()
     configured = {}
 

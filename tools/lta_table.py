@@ -42,7 +42,7 @@ def run(name: str, seed: int, workdir: Path, steps: int) -> dict:
     import lightning as L
     import torch
 
-    from lit_align.policy import PolicySpec
+    from lit_align.models.policy import PolicySpec
     from lit_align.thinker import (
         BlockPrior,
         GaussianThoughts,

@@ -20,7 +20,7 @@ class SaveAdapter(Callback):
     ``adapter_model.safetensors``, nothing of the base) with peft's ``save_pretrained``, and log where.
 
     The adapter's ``base_model_name_or_path`` is the policy's path made absolute when it is local
-    (:class:`~lit_align.policy.PolicySpec`), so ``tools/merge_lora.py`` finds the base from any directory.
+    (:class:`~lit_align.models.policy.PolicySpec`), so ``tools/merge_lora.py`` finds the base from any directory.
 
     Under a sharding strategy the adapter's weights are gathered first; the first process writes them.
 

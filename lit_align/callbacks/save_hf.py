@@ -11,7 +11,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from transformers import PreTrainedTokenizerBase
 
 from lit_align.export import empty_policy, write_pretrained
-from lit_align.policy import DType
+from lit_align.models.policy import DType
 
 
 class SaveHFModel(Callback):

@@ -3,7 +3,7 @@
 A batch's pairs are concatenated into one row, or shared out between a few nearly equal rows (so that attention,
 whose cost per token grows with the row's length, stays cheap for large batches; only the rows' ends are padded).
 Per token a row carries its position id (rejected tokens continue from the prompt's end, as they would in the
-padded layout), the pair it belongs to and its part (prompt, chosen or rejected); :mod:`lit_align.layout` turns
+padded layout), the pair it belongs to and its part (prompt, chosen or rejected); :mod:`lit_align.models.layout` turns
 these into the attention mask, in which a token sees the earlier tokens of its own pair except that rejected
 tokens never see the chosen ones::
 

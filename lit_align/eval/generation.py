@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from lit_align.eval.metrics import DistinctN, TokenEntropy
-from lit_align.logprobs import response_positions, sequence_logps
-from lit_align.policy import final_hidden, lm_head
+from lit_align.models.logprobs import response_positions, sequence_logps
+from lit_align.models.policy import final_hidden, lm_head
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ where the equations leave a choice:
 - The logged rewards are ``β (log π_θ/π_ref(y) + SeqKL(x, y))`` for each response, without α, in both
   variants; so in TDPO2 the reward margin is not the argument of the sigmoid.
 - The authors compute the KL from ``softmax(ref_logits).log()``, which gives NaN where a reference
-  probability underflows to zero; :mod:`lit_align.token_kl` uses ``0 · log 0 = 0`` instead.
+  probability underflows to zero; :mod:`lit_align.models.token_kl` uses ``0 · log 0 = 0`` instead.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
-from lit_align.layout import decoder_inputs, response_states
-from lit_align.policy import final_hidden, lm_head
+from lit_align.models.layout import decoder_inputs, response_states
+from lit_align.models.policy import final_hidden, lm_head
 from lit_align.reference.base import OnlineReference
 from lit_align.sae.hooks import residual_stream
 

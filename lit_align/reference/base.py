@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lit_align.logprobs import sequence_logps
+from lit_align.models.logprobs import sequence_logps
 from lit_align.objectives.base import Need
 
 if TYPE_CHECKING:
-    from lit_align.policy import PolicySpec
+    from lit_align.models.policy import PolicySpec
     from lit_align.sae.features import SAEFeatures
 
 
@@ -88,7 +88,7 @@ class OnlineReference(ReferenceProvider):
     @abstractmethod
     def final_hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, nn.Module]:
         """The reference's final hidden states (no grad) at the rows of ``batch["input_ids"]``, ``(2B, T, H)``
-        (:func:`lit_align.layout.response_states`), and its LM head."""
+        (:func:`lit_align.models.layout.response_states`), and its LM head."""
 
     @abstractmethod
     def residual(self, batch: dict[str, Tensor], layer: int) -> Tensor:

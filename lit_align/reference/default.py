@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lit_align.policy import PolicySpec
+from lit_align.models.policy import PolicySpec
 from lit_align.reference.adapter import DisabledAdapter
 from lit_align.reference.base import ReferenceProvider
 from lit_align.reference.frozen import FrozenCopy

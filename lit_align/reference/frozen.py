@@ -12,11 +12,11 @@ import torch
 from peft import PeftModel
 from torch import Tensor, nn
 
-from lit_align.head import check_output_head
-from lit_align.layout import decoder_inputs, response_states
-from lit_align.loading import is_empty, load_base
+from lit_align.models.head import check_output_head
+from lit_align.models.layout import decoder_inputs, response_states
+from lit_align.models.loading import is_empty, load_base
+from lit_align.models.policy import DType, PolicySpec, final_hidden, lm_head
 from lit_align.paths import absolute_if_local
-from lit_align.policy import DType, PolicySpec, final_hidden, lm_head
 from lit_align.reference.base import OnlineReference
 from lit_align.sae.hooks import residual_stream
 
@@ -27,7 +27,7 @@ class FrozenCopy(OnlineReference):
     The copy is built in ``configure_model`` as the policy's base is — from the same files, or the same seeded
     config — and never copied from the policy: so after a resume or in ``load_from_checkpoint`` it holds the
     initial weights, never trained ones, and a large model is read once, shard by shard, like the policy
-    (:mod:`lit_align.loading`).
+    (:mod:`lit_align.models.loading`).
 
     Args:
         path: a separate reference model; unset means a copy of the initial policy (without its LoRA adapter).
@@ -66,7 +66,7 @@ class FrozenCopy(OnlineReference):
         )
 
     def attach(self, policy: nn.Module, datamodule=None) -> None:
-        """Build the reference as the policy's base is built (:func:`lit_align.loading.load_base`): its weights
+        """Build the reference as the policy's base is built (:func:`lit_align.models.loading.load_base`): its weights
         read once from its files, or left on the meta device like an empty policy's, for sharding to fill. Used
         on its own (no policy spec bound, no ``path``), it copies the model in hand."""
         if self.path is None and self.policy_spec is None:

@@ -30,7 +30,7 @@ from lit_align.reference.fingerprint import data_fingerprint, run_fingerprint, s
 from lit_align.reference.sparse import dense_rows, offsets_of, select_rows
 
 if TYPE_CHECKING:
-    from lit_align.policy import PolicySpec
+    from lit_align.models.policy import PolicySpec
     from lit_align.sae.features import SAEFeatures
 
 STORE_FILE = "reference.safetensors"

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lit_align.policy import PolicySpec, build_policy, final_hidden
+from lit_align.models.policy import PolicySpec, build_policy, final_hidden
 
 
 class RMSNorm(nn.Module):

@@ -24,7 +24,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from lit_align.hyperparameters import save_plain_hyperparameters
-from lit_align.policy import PolicySpec, build_policy
+from lit_align.models.policy import PolicySpec, build_policy
 from lit_align.thinker.generator import BlockPrior, GaussianThoughts, ThoughtGenerator
 from lit_align.thinker.injection import ThoughtMode, control, gather_positions, inject
 from lit_align.thinker.losses import ThoughtLoss, ThoughtTerms, answer_nll

@@ -12,9 +12,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_align.data import PreferenceDataModule
 from lit_align.eval import SamplingEvaluation, pair_statistics
+from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
-from lit_align.policy import PolicySpec
 from lit_align.tasks import (
     ControlledTask,
     SentimentOracle,

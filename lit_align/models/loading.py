@@ -34,11 +34,11 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
-from lit_align.head import VERIFIED_MODEL_TYPES
+from lit_align.models.head import VERIFIED_MODEL_TYPES
 from lit_align.paths import resolve_local_or_hub
 
 if TYPE_CHECKING:
-    from lit_align.policy import PolicySpec
+    from lit_align.models.policy import PolicySpec
 
 INDEX = "model.safetensors.index.json"
 CONFIG_ARGUMENTS = frozenset({"attn_implementation"})
@@ -51,7 +51,8 @@ def load_base(spec: PolicySpec, key: str = "model.policy.path", empty: bool = Fa
 
     Read weight by weight from its local safetensors files where it can be (:func:`empty_base`); with ``empty``,
     left on the meta device instead, for a sharding strategy to fill (:func:`load_shards`, :class:`UnitLoader`),
-    unless its family's output head must first be checked on real weights (:func:`lit_align.head.check_output_head`).
+    unless its family's output head must first be checked on real weights
+    (:func:`lit_align.models.head.check_output_head`).
     Otherwise loaded with ``from_pretrained``, or built from ``spec.config`` seeded by ``spec.init_seed``.
     """
     model = empty_base(spec)

@@ -3,7 +3,7 @@ to ``configure_model``.
 
 Each decoder layer is one FSDP unit and the model itself the root unit, which holds the rest: the embedding,
 the final norm and the LM head (tied embeddings stay one parameter). The root unit is gathered by the model's
-own forward and, as FSDP2 does for a root, kept gathered until backward; so :func:`lit_align.policy.final_hidden`
+own forward and, as FSDP2 does for a root, kept gathered until backward; so :func:`lit_align.models.policy.final_hidden`
 runs a sharded model through its forward, and the LM head's chunked calls afterwards gather nothing. (A unit of
 its own for the head would gather, and reduce its gradients, once per chunk, and processes with different
 numbers of response tokens would then wait on each other for ever.)
@@ -26,8 +26,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.fsdp.wrap import wrap
 
-from lit_align.loading import UnitLoader, load_shards
-from lit_align.policy import DType
+from lit_align.models.loading import UnitLoader, load_shards
+from lit_align.models.policy import DType
 
 
 @dataclass
@@ -72,7 +72,7 @@ def shard_causal_lm(model: nn.Module, mesh: DeviceMesh, mixed_precision: FSDPMix
 def shard_and_load(model: nn.Module, mesh: DeviceMesh, mixed_precision: FSDPMixedPrecision | None,
                    device: torch.device) -> nn.Module:
     """FSDP2-shard ``model``; an empty one (built on the meta device) then reads its shards
-    (:func:`lit_align.loading.load_shards`)."""
+    (:func:`lit_align.models.loading.load_shards`)."""
     return load_shards(shard_causal_lm(model, mesh, mixed_precision), device)
 
 
@@ -81,7 +81,7 @@ def wrap_frozen_fsdp1(model: nn.Module) -> nn.Module:
     ``model_sharded_context`` so the wrapper takes the strategy's own settings (auto-wrap policy, mixed precision,
     sharding strategy, device). FSDP1 hands a root's parameters back sharded after each forward, so the LM head,
     called chunk by chunk after the forward, stays out of the wrapper (``ignored_modules``, replicated). An empty
-    model reads its weights unit by unit as it is wrapped (:class:`lit_align.loading.UnitLoader`)."""
+    model reads its weights unit by unit as it is wrapped (:class:`lit_align.models.loading.UnitLoader`)."""
     head = model.get_output_embeddings()
     load = UnitLoader(model)
     load(head)  # FSDP materialises no ignored module

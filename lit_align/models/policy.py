@@ -12,8 +12,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from lit_align.errors import ConfigError
-from lit_align.head import OutputHead, check_output_head, final_hidden, output_head
-from lit_align.loading import load_base, load_causal_lm
+from lit_align.models.head import OutputHead, check_output_head, final_hidden, output_head
+from lit_align.models.loading import load_base, load_causal_lm
 from lit_align.paths import absolute_if_local
 
 __all__ = ["DType", "LoraSettings", "PolicySpec", "build_policy", "final_hidden", "lm_head", "load_causal_lm"]
@@ -73,9 +73,9 @@ class PolicySpec:
 
 def build_policy(spec: PolicySpec, empty: bool = False) -> nn.Module:
     """Build the policy in ``spec.dtype``, with gradient checkpointing and the LoRA adapter if asked for, around
-    its base read once (:func:`lit_align.loading.load_base`; with ``empty``, left on the meta device to be read
+    its base read once (:func:`lit_align.models.loading.load_base`; with ``empty``, left on the meta device to be read
     shard by shard after sharding); refuse a model whose logits lit-align cannot reproduce
-    (:func:`lit_align.head.check_output_head`)."""
+    (:func:`lit_align.models.head.check_output_head`)."""
     model = load_base(spec, empty=empty)
     check_output_head(model)
     if spec.gradient_checkpointing:

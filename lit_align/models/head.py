@@ -87,9 +87,9 @@ def final_hidden(
     ``final_layer_norm``, ...) of a causal LM, without computing any logits.
 
     ``attention_mask`` is a 2D padding mask, or a prepared 4D mask (one per layer type for the families that take
-    that) with the tokens' ``position_ids`` (see :mod:`lit_align.layout`).
+    that) with the tokens' ``position_ids`` (see :mod:`lit_align.models.layout`).
 
-    A model sharded with FSDP (:mod:`lit_align.sharding`) runs through its own forward, which gathers its root
+    A model sharded with FSDP (:mod:`lit_align.models.sharding`) runs through its own forward, which gathers its root
     unit (embedding, norm and, with FSDP2, LM head), with logits for the last position only."""
     positions = {} if position_ids is None else {"position_ids": position_ids}
     if isinstance(model, FSDPModule | FullyShardedDataParallel):

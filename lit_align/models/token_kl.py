@@ -15,8 +15,8 @@ give to ``y``. All three come out of one pass here::
   ``input_ids``, ``(batch, time, hidden)``; ``head`` / ``ref_head``: their LM heads. The reference side never
   receives gradients (its hidden states are detached, its head runs under ``no_grad``).
 - ``policy_logps`` and ``seq_kl`` carry gradients to ``hidden`` and ``head``; ``ref_logps`` is detached.
-- The positions are those of :func:`lit_align.logprobs.sequence_logps` (hidden state ``t`` predicts response
-  token ``t + 1``, see :func:`~lit_align.logprobs.response_positions`), so ``policy_logps`` equals
+- The positions are those of :func:`lit_align.models.logprobs.sequence_logps` (hidden state ``t`` predicts response
+  token ``t + 1``, see :func:`~lit_align.models.logprobs.response_positions`), so ``policy_logps`` equals
   ``sequence_logps(hidden, head, ...)`` and ``ref_logps`` equals
   ``sequence_logps(ref_hidden, ref_head, ...)``.
 
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_align.logprobs import response_positions
+from lit_align.models.logprobs import response_positions
 
 
 class TokenKL(NamedTuple):
