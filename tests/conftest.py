@@ -10,9 +10,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests import outside_reads
 from tools.common import train_bpe_tokenizer
 
-HH_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+outside_reads.install()
+
+HH_FILE = Path(__file__).resolve().parents[1] / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"

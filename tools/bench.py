@@ -61,7 +61,7 @@ from typing import Any
 from tools.common import peak_memory_mib, train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+HH_FILE = ROOT / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 ARMS = ("plain", "lit-align", "lit-align-padded", "trl", "trl-defaults", "lit-align-offline",
         "lit-align-offline-padded", "lit-align-grouped", "lit-align-grouped-padded", "plain-grouped")
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
@@ -497,7 +497,7 @@ def ratio(arm: dict[str, Any], base: dict[str, Any] | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(HH_FILE), help="HH-RLHF style jsonl(.gz) (default: ../shared/data)")
+    parser.add_argument("--data", default=str(HH_FILE), help="HH-RLHF style jsonl(.gz) (default: data/)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run (>= 2)")

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HH_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+HH_FILE = Path(__file__).resolve().parents[1] / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
 def build_tokenizer(target: Path) -> str:

@@ -4,7 +4,7 @@ SFT warm-up, several seeds each; held-out preference accuracy and the entropy of
     python -m tools.hh_orderings                 # 4 objectives × 3 seeds -> docs/hh_orderings.md
     python -m tools.hh_orderings --quick         # minutes, small model and data -> runs/hh_orderings_quick
 
-The HH stage (seeded split of ../shared/data's harmless-base file, a byte-level BPE tokenizer, a small Llama
+The HH stage (seeded split of data/'s harmless-base file, a byte-level BPE tokenizer, a small Llama
 warmed up by SFT on the chosen transcripts) is the frontier's (:mod:`tools.frontier.stages`), built once and
 cached; every run starts from its SFT model. Each run (objective × seed; the seed sets the initial shuffle and dropout
 state) is a fresh process whose ``results.json`` is cached under ``--workdir``:
@@ -217,7 +217,7 @@ def report(results: list[dict], errors: dict[str, str], hh: HHSettings, sample: 
         "2 shared CPU cores; cached runs reused). A small Llama (hidden "
         f"{hh.model.hidden_size}, {hh.model.num_hidden_layers} layers, BPE vocabulary {hh.vocab_size}) is warmed "
         f"up by SFT ({hh.sft.max_steps} steps) on the chosen transcripts of the training split of "
-        "`../shared/data/hh-rlhf-harmless-base-test.jsonl.gz`, then trained by each objective for "
+        "`data/hh-rlhf-harmless-base-test.jsonl.gz`, then trained by each objective for "
         f"{first.get('steps', '?')} steps (β {hh.beta:g}, AdamW lr {hh.lr:g}, batch "
         f"{hh.batch_size}; TDPO α 0.5), once per seed. Accuracy: held-out pairs ({first.get('val_pairs', '?')}) "
         "whose chosen response gets the higher implicit reward (each objective's own). Entropy: mean predictive "
@@ -253,7 +253,7 @@ def report(results: list[dict], errors: dict[str, str], hh: HHSettings, sample: 
     if errors:
         lines += ["", "Runs that failed (see their `log.txt`):", ""] + [f"- `{k}`: {v}" for k, v in errors.items()]
     settings = {"hh": dataclasses.asdict(hh), "sample": dataclasses.asdict(sample)}
-    settings["hh"]["path"] = "../shared/data/" + Path(hh.path).name
+    settings["hh"]["path"] = "data/" + Path(hh.path).name
     return "\n".join(lines + ["", "## Settings", "", "```json", json.dumps(settings, indent=1), "```", ""])
 
 

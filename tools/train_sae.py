@@ -7,7 +7,7 @@ dropped); hold out ``--val-fraction`` of the tokens; initialise ``b_dec`` to the
 mean L0 and the dead-feature fraction on the held-out tokens; write ``cfg.json`` + ``sae_weights.safetensors``
 (load with :func:`lit_align.sae.load_sae`), ``metrics.json`` and CSV logs to ``--output``. Run::
 
-    python tools/train_sae.py --model path/to/policy --data ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz \\
+    python tools/train_sae.py --model path/to/policy --data data/hh-rlhf-harmless-base-test.jsonl.gz \\
         --layer 6 --output runs/sae-layer6 --d-sae 4096 --k 32
 """
 

@@ -59,7 +59,7 @@ def write_report(
         "## Settings",
         "",
         "```json",
-        json.dumps(settings, indent=1).replace(str(REPO.parent) + "/", "../"),
+        json.dumps(settings, indent=1).replace(str(REPO) + "/", ""),
         "```",
         "",
     ]

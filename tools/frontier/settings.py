@@ -85,7 +85,7 @@ class HHSettings:
     """The HH-RLHF sanity check: a small Llama, an SFT warm-up on chosen transcripts, then a short DPO run."""
 
     enabled: bool = True
-    path: str = str(REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz")
+    path: str = str(REPO / "data" / "hh-rlhf-harmless-base-test.jsonl.gz")
     max_rows: PositiveInt | None = None
     """Use only the first rows of the file (all when unset)."""
     val_fraction: OpenUnitInterval = 0.1
