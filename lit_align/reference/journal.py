@@ -27,8 +27,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
+
+from lit_align.files import save_safetensors
 
 log = logging.getLogger(__name__)
 JOURNAL_DIR = "partial"
@@ -75,10 +76,8 @@ class PrecomputeJournal(BasePredictionWriter):
         columns = {name: torch.cat([batch[name] for batch in self._buffer]).contiguous() for name in self._buffer[0]}
         self._buffer = []
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"rank{rank}-{uuid.uuid4().hex}.safetensors"
-        temporary = self.directory / f".{name}.partial"
-        save_file(columns, str(temporary), metadata={"fingerprint": json.dumps(self.fingerprint)})
-        temporary.replace(self.directory / name)
+        save_safetensors(columns, self.directory / f"rank{rank}-{uuid.uuid4().hex}.safetensors",
+                         metadata={"fingerprint": json.dumps(self.fingerprint)})
 
     def merged(self) -> dict[str, Tensor]:
         """Every journaled column of this run, shard after shard (keys may repeat: ``write_store`` dedupes)."""

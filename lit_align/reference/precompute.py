@@ -24,7 +24,8 @@ from lit_align.reference.default import default_reference
 from lit_align.reference.fingerprint import reference_fingerprint, run_fingerprint
 from lit_align.reference.journal import PrecomputeJournal
 from lit_align.reference.sparse import sparse_rows
-from lit_align.reference.store import SIDES, OfflineStore, write_store
+from lit_align.reference.store import SIDES, OfflineStore, stored_pairs, write_store
+from lit_align.reference.writer_lock import StoreWriterLock
 
 if TYPE_CHECKING:
     from lit_align.sae.features import SAEFeatures
@@ -62,20 +63,36 @@ def precompute(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Light
     store = model.reference
     if not isinstance(store, OfflineStore):
         raise ValueError("precompute fills an offline store: set model.reference to OfflineStore(path=...)")
-    journal = PrecomputeJournal(store.path, every_n_batches)
+    journal, lock = PrecomputeJournal(store.path, every_n_batches), StoreWriterLock(store.path)
     source = store.source or default_reference(model.policy_spec)
     source.bind_policy_spec(model.policy_spec)
-    with _serving(model, source), _with_callback(trainer, journal), _without_loggers(trainer):
-        trainer.predict(model, datamodule=RemainingPairs(datamodule, journal), return_predictions=False)
+    remaining = RemainingPairs(datamodule, journal)
+    with _serving(model, source), _with_callback(trainer, lock), _with_callback(trainer, journal), \
+            _without_loggers(trainer):
+        trainer.predict(model, datamodule=remaining, return_predictions=False)
     trainer.strategy.barrier("precompute_journal_written")
-    if trainer.is_global_zero:
-        columns = journal.merged()
-        written = write_store(store.path, columns, journal.fingerprint)
-        journal.remove()
-        pairs = columns["example_key"].unique().numel()
-        rank_zero_info(f"reference store written to {written.resolve()}: {pairs} pairs")
+    try:
+        if trainer.is_global_zero:
+            _merge(store.path, journal, remaining.keys)
+    finally:
+        lock.release()
     trainer.strategy.barrier("precompute")
     return Path(store.path)
+
+
+def _merge(path: str | Path, journal: PrecomputeJournal, keys: set[int]) -> None:
+    """Merge the journal into the store, once it holds every pair of the data (``keys``); then remove it."""
+    columns = journal.merged()
+    missing = keys - set(columns["example_key"].tolist())
+    if missing:
+        raise ValueError(f"the precompute journal in {journal.directory} lacks {len(missing)} of the {len(keys)} "
+                         "pairs this run computed (it was changed or removed while the run went on); nothing was "
+                         "written: run lit-align precompute again, it resumes")
+    previous = stored_pairs(path)
+    written = write_store(path, columns, journal.fingerprint)
+    journal.remove()
+    replaced = "" if previous is None else f" (it replaced a store of {previous} pairs)"
+    rank_zero_info(f"reference store written to {written.resolve()}: {len(keys)} pairs{replaced}")
 
 
 class RemainingPairs(L.LightningDataModule):
@@ -87,6 +104,8 @@ class RemainingPairs(L.LightningDataModule):
         super().__init__()
         self.datamodule = datamodule
         self.journal = journal
+        self.keys: set[int] = set()
+        """The example keys of every pair to precompute, journaled or not (known once the loaders are made)."""
         self.prepare_data_per_node = datamodule.prepare_data_per_node
 
     def prepare_data(self) -> None:
@@ -106,7 +125,9 @@ class RemainingPairs(L.LightningDataModule):
         done = self.journal.start(run_fingerprint(weights, self.datamodule, module.feature_extractor))
         self.trainer.strategy.barrier("precompute_journal_read")
         loaders = self.datamodule.predict_dataloader()
-        remaining = [_without(loader, done) for loader in (loaders if isinstance(loaders, list) else [loaders])]
+        loaders = loaders if isinstance(loaders, list) else [loaders]
+        self.keys = {key for loader in loaders for key in loader.dataset["example_key"]}
+        remaining = [_without(loader, done) for loader in loaders]
         return [loader for loader in remaining if len(loader.dataset)]
 
 

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from lit_align.errors import ConfigError
+from lit_align.files import save_safetensors
 from lit_align.objectives.base import Need
 from lit_align.reference.base import ReferenceProvider
 from lit_align.reference.fingerprint import data_fingerprint, run_fingerprint, sae_fingerprint, source_fingerprint
@@ -58,12 +59,8 @@ def write_store(path: str | Path, columns: dict[str, Tensor], fingerprint: dict[
                             f"{side}_feature_values": values.contiguous()})
 
     fingerprint = {**fingerprint, "data": data_fingerprint(keys)}
-    target = Path(path)
-    target.mkdir(parents=True, exist_ok=True)
-    partial = target / f"{STORE_FILE}.partial"
-    save_file(tensors, str(partial), metadata={"fingerprint": json.dumps(fingerprint)})
-    partial.replace(target / STORE_FILE)
-    return target / STORE_FILE
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return save_safetensors(tensors, Path(path) / STORE_FILE, metadata={"fingerprint": json.dumps(fingerprint)})
 
 
 def _first_occurrences(keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,6 +86,15 @@ def read_store(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if missing:
         raise ValueError(f"the reference store {file} lacks {missing}; rebuild it")
     return columns, fingerprint
+
+
+def stored_pairs(path: str | Path) -> int | None:
+    """How many pairs the store at ``path`` holds; ``None`` when there is no readable store."""
+    try:
+        with safe_open(str(Path(path) / STORE_FILE), framework="pt") as handle:
+            return handle.get_slice("example_key").get_shape()[0]
+    except (SafetensorError, OSError):
+        return None
 
 
 class OfflineStore(ReferenceProvider):

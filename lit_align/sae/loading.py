@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from lit_align.files import save_safetensors
 from lit_align.sae.autoencoder import SparseAutoencoder
 
 GEMMA_SCOPE_FILE = "params.npz"
@@ -127,7 +128,7 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path, model_name: str | Non
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in sae.state_dict().items()}
-    save_file(tensors, path / SAELENS_WEIGHTS_FILE)
+    save_safetensors(tensors, path / SAELENS_WEIGHTS_FILE)
     (path / SAELENS_CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     return path
 
