@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -50,11 +52,13 @@ def run_entry(entry: Callable[[list[str] | None], None], args: list[str] | None 
         args = [arg for arg in given if arg != "--debug"]
     try:
         entry(args)
-    except (ArgumentError, ValueError, FileNotFoundError) as error:
+    except (ArgumentError, ValueError, FileNotFoundError, MisconfigurationException) as error:
         if debug:
             raise
         if (cause := find_config_error(error)) is not None or isinstance(error, ArgumentError):
             line, status = str(cause) if cause is not None else parse_error_line(str(error)), 2
+        elif (cause := find_machine_error(error)) is not None:
+            line, status = machine_error_line(cause), 2
         elif (cause := find_input_error(error)) is not None:
             line, status = str(cause), 1
         else:
@@ -66,6 +70,20 @@ def run_entry(entry: Callable[[list[str] | None], None], args: list[str] | None 
 def find_config_error(error: BaseException) -> ConfigError | None:
     """The :class:`ConfigError` behind ``error`` (itself, or a cause jsonargparse wrapped it in), if any."""
     return next((link for link in _chain(error) if isinstance(link, ConfigError)), None)
+
+
+def find_machine_error(error: BaseException) -> BaseException | None:
+    """The error behind ``error`` that Lightning raised choosing the accelerator, devices or strategy (a GPU
+    asked for on a machine without one, FSDP on a CPU), if any."""
+    return next((link for link in _chain(error) if _last_frame_file(link).name == "accelerator_connector.py"), None)
+
+
+def machine_error_line(error: BaseException) -> str:
+    """Lightning's complaint about the trainer's hardware settings, with what this machine has and the fix."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return (f"trainer.accelerator/devices/strategy: {str(error).strip()} (this machine: {os.cpu_count()} CPU cores, "
+            f"{gpus or 'no'} CUDA GPU{'' if gpus == 1 else 's'}); --trainer.accelerator=auto --trainer.devices=auto "
+            "--trainer.strategy=auto runs on what is here")
 
 
 def find_input_error(error: BaseException) -> ValueError | OSError | None:
@@ -85,12 +103,17 @@ def _chain(error: BaseException | None) -> Iterator[BaseException]:
 
 
 def _raised_in_package(error: BaseException) -> bool:
+    return _last_frame_file(error).resolve().is_relative_to(_PACKAGE)
+
+
+def _last_frame_file(error: BaseException) -> Path:
+    """The source file of the frame that raised ``error`` (an empty path when it carries no traceback)."""
     traceback = error.__traceback__
     if traceback is None:
-        return False
+        return Path()
     while traceback.tb_next is not None:
         traceback = traceback.tb_next
-    return Path(traceback.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+    return Path(traceback.tb_frame.f_code.co_filename)
 
 
 _KEY = re.compile(r'Parser key "([^"]+)":')

@@ -21,6 +21,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from lit_align.errors import ConfigError
 from lit_align.hyperparameters import save_plain_hyperparameters
 from lit_align.metrics import MetricBank, pair_metrics
 from lit_align.models.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
@@ -129,8 +130,10 @@ class AlignmentModule(L.LightningModule):
             if self.feature_extractor is not None:
                 self.reference.attach_features(self.feature_extractor)
         if self.mixed_precision is not None and self.device_mesh is None:
-            raise ValueError("model.mixed_precision is FSDP2's (ModelParallelStrategy); under FSDPStrategy set "
-                             "trainer.strategy.init_args.mixed_precision, otherwise trainer.precision")
+            raise ConfigError("model.mixed_precision", self.mixed_precision,
+                              f"FSDP2's setting (ModelParallelStrategy), not {type(self.trainer.strategy).__name__}'s: "
+                              "set --model.mixed_precision=null (mixed precision: --trainer.precision=bf16-mixed) "
+                              "or, under FSDPStrategy, trainer.strategy.init_args.mixed_precision")
         if self.device_mesh is not None:
             self._shard(self.device_mesh)
         elif self._fsdp1():  # the strategy wraps the policy, reading an empty one's weights unit by unit

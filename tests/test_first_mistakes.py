@@ -5,6 +5,7 @@ outputs where a user looks (adapter, store, held-out count, checkpoints, metric 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -89,6 +90,18 @@ def small_vocab_model(tmp_path_factory) -> str:
 def test_a_path_that_is_neither_local_nor_a_hub_id_is_one_line(capsys, config, tmp_path, override, expected):
     line = user_error(capsys, "--config", str(config), override.format(tmp=tmp_path))
     assert re.fullmatch(rf"error: {expected}.*", line), line
+
+
+def test_a_gpu_asked_for_on_a_cpu_box_says_what_the_machine_has(capsys, config):
+    line = user_error(capsys, "--config", str(config), "--trainer.accelerator=gpu")
+    assert line.startswith("error: trainer.accelerator/devices/strategy: No supported gpu backend found!"), line
+    assert f"this machine: {os.cpu_count()} CPU cores, no CUDA GPUs" in line and "--trainer.accelerator=auto" in line
+
+
+def test_fsdp2_mixed_precision_under_another_strategy_names_the_key_to_set(capsys, config):
+    line = user_error(capsys, "--config", str(config), "--model.mixed_precision.param_dtype=bfloat16")
+    assert line.startswith("error: model.mixed_precision=FSDPMixedPrecision(") and "not SingleDeviceStrategy's" in line
+    assert "set --model.mixed_precision=null (mixed precision: --trainer.precision=bf16-mixed)" in line
 
 
 def test_offline_hub_id_missing_from_the_cache_is_refused_without_retries(capsys, config, monkeypatch, tmp_path):
