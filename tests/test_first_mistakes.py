@@ -92,6 +92,19 @@ def test_a_path_that_is_neither_local_nor_a_hub_id_is_one_line(capsys, config, t
     assert re.fullmatch(rf"error: {expected}.*", line), line
 
 
+def test_a_model_directory_without_config_json_is_one_line(capsys, config, tmp_path, tokenizer_dir):
+    line = user_error(capsys, "--config", str(config), f"--model.policy.path={tokenizer_dir}")
+    assert line.startswith(f"error: model.policy.path='{tokenizer_dir}': a model directory needs config.json")
+    assert "tokenizer.json" in line  # what it holds instead
+
+
+def test_a_lora_target_the_model_lacks_names_its_linear_modules(capsys, config):
+    line = user_error(capsys, "--config", str(config), "--model.policy.lora.target_modules=[q_proj, query_key_value]")
+    assert line == ("error: model.policy.lora.target_modules=['q_proj', 'query_key_value']: ['query_key_value'] match "
+                    "no module of this llama model; its linear modules are ['down_proj', 'gate_proj', 'k_proj', "
+                    "'lm_head', 'o_proj', 'q_proj', 'up_proj', 'v_proj'] (or use all-linear)")
+
+
 def test_a_gpu_asked_for_on_a_cpu_box_says_what_the_machine_has(capsys, config):
     line = user_error(capsys, "--config", str(config), "--trainer.accelerator=gpu")
     assert line.startswith("error: trainer.accelerator/devices/strategy: No supported gpu backend found!"), line

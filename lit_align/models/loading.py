@@ -34,6 +34,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
+from lit_align.errors import ConfigError
 from lit_align.models.head import VERIFIED_MODEL_TYPES
 from lit_align.paths import resolve_local_or_hub
 
@@ -55,12 +56,24 @@ def load_base(spec: PolicySpec, key: str = "model.policy.path", empty: bool = Fa
     (:func:`lit_align.models.head.check_output_head`).
     Otherwise loaded with ``from_pretrained``, or built from ``spec.config`` seeded by ``spec.init_seed``.
     """
+    check_model_directory(spec.path, key)
     model = empty_base(spec)
     if model is None:
         return load_causal_lm(spec, key)
     if empty and model.config.model_type in VERIFIED_MODEL_TYPES:  # another family's head is checked on its weights
         return model
     return load_shards(model, torch.get_default_device())
+
+
+def check_model_directory(path: str | None, key: str) -> None:
+    """Refuse a local directory that holds no transformers model (no ``config.json``), saying what it holds."""
+    if path is None or not Path(path).is_dir() or (Path(path) / "config.json").is_file():
+        return
+    held = sorted(entry.name for entry in Path(path).iterdir())
+    hint = (" (a peft adapter: give its base model, base_model_name_or_path in adapter_config.json)"
+            if "adapter_config.json" in held else "")
+    raise ConfigError(key, path, f"a model directory needs config.json (save_pretrained writes it), and this one "
+                                 f"has none{hint}; it holds {held[:8]}{' ...' if len(held) > 8 else ''}")
 
 
 def load_causal_lm(spec: PolicySpec, key: str = "model.policy.path") -> PreTrainedModel:

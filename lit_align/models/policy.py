@@ -89,11 +89,28 @@ def add_adapter(model: PreTrainedModel, spec: PolicySpec) -> nn.Module:
     if spec.lora is None:
         return model
     lora = spec.lora
+    check_targets(model, lora.target_modules)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.target_modules, task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
         return get_peft_model(model, config)
+
+
+def check_targets(model: nn.Module, targets: list[str] | str) -> None:
+    """Refuse LoRA target names that match no module of ``model`` (as peft matches them: the module's name or
+    its last dotted parts), naming the model's linear modules; ``all-linear`` and a regex string are peft's."""
+    if isinstance(targets, str):
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [target for target in targets if not any(name == target or name.endswith(f".{target}")
+                                                       for name in names)]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, nn.Linear)})
+        raise ConfigError("model.policy.lora.target_modules", targets,
+                          f"{missing} match no module of this {model.config.model_type} model; its linear modules "
+                          f"are {linear} (or use all-linear)")
 
 
 def lm_head(model: nn.Module) -> OutputHead:
