@@ -13,8 +13,12 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 THOUGHT_MODEL = "lit_align.thinker.LatentThoughtModule"
 
 
-def print_config(entry: str, config: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", entry, "fit", "--config", str(config), "--print_config"],
+OVERLAYS = sorted((Path(__file__).resolve().parents[1] / "configs" / "overlays").glob("*.yaml"))
+
+
+def print_config(entry: str, *configs: Path) -> str:
+    given = [arg for config in configs for arg in ("--config", str(config))]
+    result = subprocess.run([sys.executable, "-m", entry, "fit", *given, "--print_config"],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -30,6 +34,15 @@ def test_config_parses(config):
         assert printed == print_config("lit_align.thinker", config)
     else:
         assert "objective:" in printed
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[c.stem for c in OVERLAYS])
+def test_overlay_parses_after_the_custom_config(overlay):
+    """An overlay (``configs/overlays/``) is given after the config it changes, and changes only what it names."""
+    alone = yaml.safe_load(print_config("lit_align", CONFIGS[0].with_name("dpo_custom.yaml")))
+    overlaid = yaml.safe_load(print_config("lit_align", CONFIGS[0].with_name("dpo_custom.yaml"), overlay))
+    assert overlaid["trainer"]["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert overlaid["data"] == alone["data"] and overlaid["model"]["objective"] == alone["model"]["objective"]
 
 
 def test_no_stray_top_level_optimizer_or_scheduler():

@@ -1,6 +1,6 @@
 """``configs/dpo_custom.yaml``, the one-file recipe for a user's own run, as shipped: only the paths (and the
 run's length) are given. It runs as given on this CPU box (accelerator, devices and strategy automatic, bf16
-autocast, warmup + cosine) and writes the policy with ``SaveHFModel``; with ``configs/fsdp2_overlay.yaml`` after
+autocast, warmup + cosine) and writes the policy with ``SaveHFModel``; with ``configs/overlays/fsdp2.yaml`` after
 it, it trains under FSDP2 and ``lit-align export`` writes the same model from the sharded checkpoint with the
 settings read from the checkpoint alone."""
 
@@ -58,7 +58,7 @@ def test_custom_config_runs_as_given_on_a_cpu_box(tmp_path, model_dir, tokenizer
 
 
 def test_custom_config_with_the_fsdp2_overlay_trains_and_exports(tmp_path, model_dir, tokenizer_dir):
-    run = user_run(tmp_path, model_dir, tokenizer_dir, "fsdp2_overlay")
+    run = user_run(tmp_path, model_dir, tokenizer_dir, "overlays/fsdp2")
     trained = saved_model(run, tmp_path / "sft")
     (checkpoint,) = run.rglob("*.ckpt")
     assert checkpoint.is_dir()  # FSDP2's sharded checkpoint
