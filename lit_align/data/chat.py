@@ -47,9 +47,14 @@ class ChatRenderer:
 
     def render(self, prompt: Messages, chosen: Messages, rejected: Messages) -> tuple[str, str, str]:
         """The prompt text (with the generation prompt) and each response's text after it."""
-        if self.system_prompt is not None and prompt[0]["role"] != "system":
-            prompt = [{"role": "system", "content": self.system_prompt}, *prompt]
-        return render_pair(prompt, chosen, rejected, self._apply)
+        return render_pair(self._with_system(prompt), chosen, rejected, self._apply)
+
+    def frame(self, prompt: Messages) -> str:
+        """The prompt rendered with every message's text emptied (the system prompt's too): what the template
+        writes around the conversation, e.g. BOS, the first header and the generation prompt. Truncation keeps
+        the prompt's tokens that this shares at its start and end."""
+        emptied = [{**message, "content": ""} for message in self._with_system(prompt)]
+        return self._apply(emptied, add_generation_prompt=True)
 
     def close(self, ids: list[int]) -> list[int]:
         """A rendered response's ids ended by exactly one end of turn (the rule in the module docstring)."""
@@ -65,6 +70,11 @@ class ChatRenderer:
         """The tokenizer's special tokens: EOS and the like, and added tokens marked special (end-of-turn ones)."""
         added = getattr(self.tokenizer, "added_tokens_decoder", {})
         return frozenset(self.tokenizer.all_special_ids) | {i for i, token in added.items() if token.special}
+
+    def _with_system(self, prompt: Messages) -> Messages:
+        if self.system_prompt is not None and prompt[0]["role"] != "system":
+            return [{"role": "system", "content": self.system_prompt}, *prompt]
+        return prompt
 
     def _apply(self, messages: Messages, add_generation_prompt: bool) -> str:
         if not getattr(self.tokenizer, "chat_template", None):

@@ -70,7 +70,8 @@ class PreferenceDataModule(L.LightningDataModule):
         source: where the pairs come from, instead of ``path``.
         name, data_dir, data_files, revision: passed to :func:`datasets.load_dataset` for ``path``.
         columns: ``path``'s column names for the layout's fields, e.g. ``{prompt: question}``.
-        skip_bad_lines: skip and count (``bad_json``) JSON lines of ``path`` that do not parse.
+        skip_bad_lines: skip and count (``bad_json``, ``bad_utf8``) JSON lines of ``path`` that do not parse or
+            are not valid UTF-8.
         chat_template: a Jinja chat template (the string, or a file holding it) replacing the tokenizer's.
         system_prompt: a system message put first in conversations that have none.
         num_proc: processes tokenising (``datasets.map``); unset tokenises in this process.

@@ -24,6 +24,7 @@ from typing import Any, Literal
 Layout = Literal["auto", "explicit", "implicit", "conversational", "hh"]
 RowFormat = Layout  # the name the argument had before implicit prompts were read
 HH_ASSISTANT = "\n\nAssistant:"
+HH_HUMAN = "\n\nHuman:"
 Messages = list[dict[str, str]]
 
 

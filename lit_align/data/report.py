@@ -11,14 +11,14 @@ from lit_align.data.tokenize import OK
 Report = dict[str, Counter]
 
 
-def tally(tokenised: Dataset, bad_lines: int = 0) -> Report:
-    """Counts of a tokenised source (``status``, ``notes`` and ``layout`` columns) plus skipped bad JSON lines."""
+def tally(tokenised: Dataset, bad_lines: Counter | None = None) -> Report:
+    """Counts of a tokenised source (``status``, ``notes`` and ``layout`` columns) plus the bad lines skipped
+    while reading it, by reason (``bad_json``, ``bad_utf8``)."""
     columns = tokenised.select_columns(["status", "notes", "layout"]).to_dict()
     skipped = Counter(status for status in columns["status"] if status != OK)
-    if bad_lines:
-        skipped["bad_json"] = bad_lines
+    skipped.update(bad_lines or Counter())
     return {
-        "rows": Counter({"total": len(tokenised) + bad_lines}),
+        "rows": Counter({"total": len(tokenised) + sum((bad_lines or Counter()).values())}),
         "skipped": skipped,
         "notes": Counter(note for notes in columns["notes"] for note in notes),
         "layouts": Counter(columns["layout"]),

@@ -9,6 +9,7 @@ A source is read as ``datasets`` reads it: a dataset name with ``name`` (config)
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -66,8 +67,8 @@ class DataSource(PairSource):
         columns: the layout's field names -> this source's column names, e.g. ``{prompt: question, chosen:
             response_j, rejected: response_k}``; other columns are ignored.
         weight: this source's share of a :class:`Mixture` (normalised over the mixture).
-        skip_bad_lines: skip (and count as ``bad_json``) JSON lines that do not parse, instead of failing with
-            the file and line number.
+        skip_bad_lines: skip (and count as ``bad_json`` or ``bad_utf8``) JSON lines that do not parse or are
+            not valid UTF-8, instead of failing with the file and line number.
     """
 
     def __init__(
@@ -95,20 +96,21 @@ class DataSource(PairSource):
     def __repr__(self) -> str:
         return f"{self.path} [{self.split}]" if self.split != "train" else self.path
 
-    def load(self) -> tuple[Dataset, int]:
-        """The raw rows, columns renamed by ``columns``, and how many bad JSON lines were skipped; any failure to
-        read is a ValueError naming the path (and, for a malformed JSON line, the line)."""
+    def load(self) -> tuple[Dataset, Counter]:
+        """The raw rows, columns renamed by ``columns``, and the bad lines skipped, counted by reason
+        (``bad_json``, ``bad_utf8``); any failure to read is a ValueError naming the path (and, for a bad line of
+        a JSON file, the line)."""
         try:
             rows, bad_lines = self._read(Path(self.path))
-            rows.data.table.validate(full=True)  # Arrow's JSON reader keeps invalid UTF-8 until a row is read
+            rows.data.table.validate(full=True)  # Arrow's readers keep invalid UTF-8 until a row is read
         except Exception as error:  # datasets wraps parse errors (invalid UTF-8, bad JSON) in its own classes
             message = f"could not read preference data from {self.path!r} (split {self.split!r}): {reason(error)}"
             raise ValueError(message) from error
         return self._rename(rows), bad_lines
 
-    def _read(self, local: Path) -> tuple[Dataset, int]:
+    def _read(self, local: Path) -> tuple[Dataset, Counter]:
         if local.is_dir() and any((local / marker).is_file() for marker in _SAVED_MARKERS):
-            return sliced(load_from_disk(str(local)), self.split), 0
+            return sliced(load_from_disk(str(local)), self.split), Counter()
         if local.is_file():
             suffix = Path(local.name.removesuffix(".gz")).suffix
             if suffix not in _BUILDERS:
@@ -118,16 +120,19 @@ class DataSource(PairSource):
             try:
                 # a lone file is whichever split is asked for, sliced as asked
                 files = {name: str(local) for name in _split_names(ReadInstruction.from_spec(self.split))}
-                return load_dataset(_BUILDERS[suffix], data_files=files, split=self.split), 0
+                rows = load_dataset(_BUILDERS[suffix], data_files=files, split=self.split)
+                if _BUILDERS[suffix] == "json":  # invalid UTF-8 is a bad line, found by the line reader below
+                    rows.data.table.validate(full=True)
+                return rows, Counter()
             except Exception:
                 if _BUILDERS[suffix] != "json":
                     raise
                 rows, bad_lines = json_rows_skipping_bad_lines(local, self.skip_bad_lines)  # names the bad line
-                if not bad_lines:  # every line parses: datasets failed for another reason
+                if not bad_lines:  # every line reads: datasets failed for another reason
                     raise
                 return sliced(Dataset.from_list(rows), self.split), bad_lines
         options = dict(name=self.name, data_dir=self.data_dir, data_files=self.data_files, revision=self.revision)
-        return load_dataset(self.path, split=self.split, **options), 0
+        return load_dataset(self.path, split=self.split, **options), Counter()
 
     def _rename(self, rows: Dataset) -> Dataset:
         if not self.columns:

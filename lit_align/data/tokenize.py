@@ -4,6 +4,11 @@ Responses are cut from the tokenisation of ``prompt + response`` so that tokens 
 are the model's own; when the tokenised prompt is not a prefix of the tokenised whole (a chat template or a
 merge across the boundary), the response is tokenised on its own and the row is counted as
 ``prompt_not_prefix``. Implicit-prompt rows are cut where the two full texts' tokenisations stop agreeing.
+
+An over-long prompt keeps its frame: the tokens it shares at its start and end with the same prompt emptied of
+its text (:meth:`PairTokenizer._frame_ids`), i.e. BOS, the chat template's first header and the generation prompt
+(or HH's ``"\n\nHuman:"`` and ``"\n\nAssistant:"``). Truncation cuts the text between them
+(:func:`cut_inside_frame`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import numpy as np
 
 from lit_align.data.chat import ChatRenderer, close_text
 from lit_align.data.layouts import (
+    HH_ASSISTANT,
+    HH_HUMAN,
     BadRow,
     Layout,
+    Messages,
     check_texts,
     detect_layout,
     split_conversation,
@@ -27,8 +35,9 @@ from lit_align.data.layouts import (
 from lit_align.errors import ConfigError
 
 TruncationMode = Literal["keep_end", "keep_start", "drop"]
-"""What happens to an over-long pair: ``keep_end`` keeps the end of the prompt and the start of the
-responses; ``keep_start`` keeps the start of both; ``drop`` skips the pair (counted)."""
+"""What happens to an over-long pair: ``keep_end`` keeps the end of the prompt's text and the start of the
+responses; ``keep_start`` keeps the start of both; ``drop`` skips the pair (counted). Both keep modes keep the
+prompt's frame (BOS, the template's first header, the generation prompt) and cut the text inside it."""
 
 OK = "ok"
 Pair = tuple[list[int], list[int], list[int]]
@@ -63,6 +72,31 @@ class _Texts(NamedTuple):
     texts: tuple[str, ...]
     special: bool
     responses: tuple[str, str] = ("", "")
+    frame: str | Messages = ""
+    """The prompt's frame: the text left when its conversation text is emptied, or the prompt's messages."""
+
+
+def cut_inside_frame(ids: list[int], frame_ids: list[int], keep: int, mode: TruncationMode) -> tuple[list[int], int]:
+    """``ids`` cut to ``keep`` tokens, keeping the run it shares with ``frame_ids`` at its start (BOS, the first
+    header) and then at its end (the generation prompt), and the end (``keep_end``) or the start (``keep_start``) of
+    what lies between; returns the cut ids and the frame's length. A frame that leaves no room for any of the text
+    between is :class:`BadRow` ``prompt_frame_too_long``."""
+    head = _shared_run(ids, frame_ids)
+    tail = _shared_run(ids[head:][::-1], frame_ids[head:][::-1])
+    room = keep - head - tail
+    if room <= 0:
+        raise BadRow("prompt_frame_too_long")
+    inside = ids[head : len(ids) - tail]
+    inside = inside[len(inside) - room :] if mode == "keep_end" else inside[:room]
+    return ids[:head] + inside + ids[len(ids) - tail :], head + tail
+
+
+def _shared_run(a: list[int], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    shared = 0
+    while shared < min(len(a), len(b)) and a[shared] == b[shared]:
+        shared += 1
+    return shared
 
 
 class PairTokenizer:
@@ -98,7 +132,7 @@ class PairTokenizer:
             try:
                 if isinstance(plan, BadRow):
                     raise plan
-                pair, notes = self._truncate(*self._pair(plan, ids))
+                pair, notes = self._truncate(plan, *self._pair(plan, ids))
                 status = OK
             except BadRow as bad:
                 pair, notes, status = ([], [], []), [], bad.reason
@@ -117,13 +151,15 @@ class PairTokenizer:
                     raise BadRow("chosen_equals_rejected")
                 return _Texts(layout, (chosen, rejected), True)
             if layout == "conversational":
-                prompt, chosen, rejected = self.chat.render(*split_conversation(row))
+                messages = split_conversation(row)
+                (prompt, chosen, rejected), frame = self.chat.render(*messages), messages[0]
             else:
                 prompt, chosen, rejected = split_text(row, layout)
+                frame = HH_HUMAN + HH_ASSISTANT if layout == "hh" else ""
         except BadRow as bad:
             return bad
         special = layout != "conversational"  # a chat template writes its own special tokens
-        return _Texts(layout, (prompt, prompt + chosen, prompt + rejected), special, (chosen, rejected))
+        return _Texts(layout, (prompt, prompt + chosen, prompt + rejected), special, (chosen, rejected), frame)
 
     def _encode(self, plans: list[_Texts | BadRow]) -> list[list[list[int]]]:
         """Every text of every row, in one tokenizer call per ``add_special_tokens`` setting."""
@@ -152,9 +188,7 @@ class PairTokenizer:
 
     def _implicit(self, chosen_ids: list[int], rejected_ids: list[int]) -> Pair:
         """Chosen and rejected full texts: the prompt is the longest run of tokens both tokenisations share."""
-        shared = 0
-        while shared < min(len(chosen_ids), len(rejected_ids)) and chosen_ids[shared] == rejected_ids[shared]:
-            shared += 1
+        shared = _shared_run(chosen_ids, rejected_ids)
         parts = (chosen_ids[:shared], chosen_ids[shared:], rejected_ids[shared:])
         check_texts(*(self.tokenizer.decode(ids, skip_special_tokens=True) for ids in parts))
         return parts[0], self._close_text(parts[1]), self._close_text(parts[2])
@@ -162,15 +196,19 @@ class PairTokenizer:
     def _close_text(self, ids: list[int]) -> list[int]:
         return close_text(ids, self.tokenizer.eos_token_id)
 
-    def _truncate(self, pair: Pair, notes: list[str]) -> tuple[Pair, list[str]]:
+    def _frame_ids(self, plan: _Texts) -> list[int]:
+        """The ids of the prompt's frame (:class:`_Texts`), tokenised as the prompt is."""
+        text = self.chat.frame(plan.frame) if plan.layout == "conversational" else plan.frame
+        return self.tokenizer(text, add_special_tokens=plan.special)["input_ids"]
+
+    def _truncate(self, plan: _Texts, pair: Pair, notes: list[str]) -> tuple[Pair, list[str]]:
         prompt_ids, chosen_ids, rejected_ids = pair
         mode, lengths = self.lengths.truncation_mode, self.lengths
         if len(prompt_ids) > lengths.max_prompt_length:
             if mode == "drop":
                 raise BadRow("prompt_too_long")
-            keep = lengths.max_prompt_length
-            prompt_ids = prompt_ids[-keep:] if mode == "keep_end" else prompt_ids[:keep]
-            notes.append("prompt_truncated")
+            prompt_ids, framed = cut_inside_frame(prompt_ids, self._frame_ids(plan), lengths.max_prompt_length, mode)
+            notes.extend(["prompt_truncated", "prompt_frame_kept"] if framed else ["prompt_truncated"])
         room = lengths.max_length - len(prompt_ids)
         if max(len(chosen_ids), len(rejected_ids)) > room:
             if mode == "drop":
