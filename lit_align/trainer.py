@@ -11,7 +11,7 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from lit_align.callbacks import NonFiniteGuard
+from lit_align.callbacks import DivergenceGuard, NonFiniteGuard
 from lit_align.checkpoint_io import SafeCheckpointIO
 from lit_align.reference.precompute import precompute
 
@@ -19,10 +19,12 @@ _NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch 
 
 
 class AlignmentTrainer(L.Trainer):
-    """A :class:`lightning.Trainer` with one more entry point, :meth:`precompute`, and two safe defaults:
+    """A :class:`lightning.Trainer` with one more entry point, :meth:`precompute`, and three safe defaults:
     checkpoints written atomically and read weights-only (:class:`~lit_align.checkpoint_io.SafeCheckpointIO`,
-    unless another ``CheckpointIO`` is given), and optimizer steps with a non-finite loss or gradient skipped
-    (:class:`~lit_align.callbacks.NonFiniteGuard`, unless ``callbacks`` hold one already)."""
+    unless another ``CheckpointIO`` is given), optimizer steps with a non-finite loss or gradient skipped
+    (:class:`~lit_align.callbacks.NonFiniteGuard`), and a run whose loss or gradient norm explodes stopped
+    before the diverged step is applied or saved (:class:`~lit_align.callbacks.DivergenceGuard`); each guard
+    unless ``callbacks`` hold one already."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -30,6 +32,8 @@ class AlignmentTrainer(L.Trainer):
             self.strategy.checkpoint_io = SafeCheckpointIO()
         if not any(isinstance(callback, NonFiniteGuard) for callback in self.callbacks):
             self.callbacks.insert(0, NonFiniteGuard())
+        if not any(isinstance(callback, DivergenceGuard) for callback in self.callbacks):
+            self.callbacks.insert(1, DivergenceGuard())
 
     def fit(
         self,

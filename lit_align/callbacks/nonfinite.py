@@ -34,8 +34,9 @@ from torch.distributed.tensor import DTensor
 log = logging.getLogger(__name__)
 
 
-class NonFiniteError(RuntimeError):
-    """Training stopped: the loss or the gradients were non-finite on too many optimizer steps in a row."""
+class NonFiniteError(RuntimeError, ValueError):
+    """Training stopped: the loss or the gradients were non-finite on too many optimizer steps in a row. A
+    ``ValueError`` too, so ``lit-align`` prints it as one line, ``error: <message>``, with exit status 1."""
 
 
 class NonFiniteGuard(Callback):
