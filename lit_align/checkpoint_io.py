@@ -24,6 +24,8 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lit_align.atomic_dir import sync_directory
+
 
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO``, saving atomically (same-directory temporary file, fsync,
@@ -46,7 +48,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        _sync_directory(target.parent)
+        sync_directory(target.parent)
 
     def load_checkpoint(
         self,
@@ -56,13 +58,3 @@ class SafeCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         return super().load_checkpoint(path, map_location, weights_only=True if weights_only is None else weights_only)
 
-
-def _sync_directory(directory: Path) -> None:
-    """Make the rename durable (POSIX; a no-op where directories cannot be opened)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

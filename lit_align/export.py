@@ -7,20 +7,27 @@ transformers config only, no weights read), copies the trained weights into it â
 sharded directory read shard by shard by one process, so no training process ever holds the full model â€” and
 writes what an inference stack reads: safetensors weights, ``config.json``, ``generation_config.json`` and the
 tokenizer. A LoRA run writes its adapter alone (peft's format), or with ``merge`` the adapter folded into the base.
+
+The output directory ends holding exactly one model: a non-empty one is refused unless ``overwrite``, and the new
+content is written beside it and swapped in whole (:mod:`lit_align.atomic_dir`), so a full disk or a kill leaves
+the old content or nothing, never a mix, and the files take the modes of the user's umask.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
 from peft import PeftModel
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
+from lit_align.atomic_dir import replacing_directory, target_refusal
 from lit_align.errors import ConfigError
 from lit_align.models.loading import with_generation_config
 from lit_align.models.policy import DType, LoraSettings, PolicySpec, add_adapter
@@ -98,20 +105,24 @@ def load_policy_weights(path: str | Path, checkpoint: dict[str, Any], model: nn.
 
 
 def write_pretrained(model: nn.Module, output_dir: str | Path, tokenizer: str | PreTrainedTokenizerBase | None,
-                     merge: bool = False, dtype: DType | None = None) -> Path:
-    """``save_pretrained`` ``model`` (safetensors) into ``output_dir``, in ``dtype`` if given, with ``tokenizer`` (a
-    path, or a tokenizer); a peft model as its adapter alone, or folded into its base with ``merge``."""
+                     merge: bool = False, dtype: DType | None = None, keep: Callable[[Path], bool] | None = None
+                     ) -> Path:
+    """``save_pretrained`` ``model`` (safetensors), in ``dtype`` if given, with ``tokenizer`` (a path, or a
+    tokenizer) as the whole new content of ``output_dir``: written beside it and swapped in, so nothing of an
+    earlier model stays (but the entries ``keep`` selects) and a failure leaves the old content. A peft model is
+    written as its adapter alone, or folded into its base with ``merge``. Whether ``output_dir`` may be replaced
+    is the caller's to check first (:func:`~lit_align.atomic_dir.target_refusal`)."""
     if merge and isinstance(model, PeftModel):
         model = model.merge_and_unload()
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
-    output = Path(output_dir)
-    model.save_pretrained(output, safe_serialization=True)
     if isinstance(tokenizer, str):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(output)
-    return output
+    with replacing_directory(output_dir, keep) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+    return Path(output_dir)
 
 
 def export_checkpoint(
@@ -121,6 +132,7 @@ def export_checkpoint(
     tokenizer: str | None = None,
     merge: bool = False,
     dtype: DType | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the policy of a Lightning checkpoint as a ``save_pretrained`` directory.
 
@@ -132,13 +144,21 @@ def export_checkpoint(
         tokenizer: the tokenizer to write alongside; default the run's (``data.tokenizer``) or the policy's path.
         merge: fold a LoRA adapter into the base and write a plain model.
         dtype: the written weights' dtype (default: as trained).
+        overwrite: replace the content of a non-empty ``output_dir`` (refused otherwise).
     """
+    if (refusal := target_refusal(output_dir, overwrite, "--overwrite true")) is not None:
+        raise ConfigError("output_dir", output_dir, refusal)
     checkpoint = read_checkpoint(ckpt_path)
     spec = policy_spec(checkpoint, policy)
     if merge and spec.lora is None:
         raise ValueError("--merge folds a LoRA adapter into its base: this policy has no adapter (policy.lora)")
     model = load_policy_weights(ckpt_path, checkpoint, empty_policy(spec))
-    return write_pretrained(model, output_dir, tokenizer or run_tokenizer(checkpoint, spec), merge, dtype)
+    named = tokenizer or run_tokenizer(checkpoint, spec)
+    loaded = AutoTokenizer.from_pretrained(named) if named is not None else None  # read before anything is written
+    try:
+        return write_pretrained(model, output_dir, loaded, merge, dtype)
+    except (OSError, SafetensorError) as error:  # a full disk, no permission: one line, not a traceback
+        raise ValueError(f"could not write the export to {output_dir}, left as it was: {error}") from error
 
 
 def run_tokenizer(checkpoint: dict[str, Any], spec: PolicySpec) -> str | None:

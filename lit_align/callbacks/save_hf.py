@@ -1,5 +1,6 @@
 """``SaveHFModel``: the policy written as a ``save_pretrained`` directory at the end of ``fit`` (and every N steps),
-as ``lit-align export`` writes it from a checkpoint (:mod:`lit_align.export`)."""
+as ``lit-align export`` writes it from a checkpoint (:mod:`lit_align.export`), by the same rule: the directory ends
+holding one model, written beside it and swapped in whole (:mod:`lit_align.atomic_dir`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
+from lit_align.atomic_dir import target_refusal
+from lit_align.errors import ConfigError
 from lit_align.export import empty_policy, write_pretrained
 from lit_align.models.policy import DType
 
@@ -22,6 +25,11 @@ class SaveHFModel(Callback):
     Under a sharding strategy each weight is gathered in turn to the first process, which alone holds the full
     model (``cpu_offload``) and writes it.
 
+    The callback owns ``dirpath``: each save replaces the previous one whole (written beside, swapped in, so a
+    crash leaves the previous save), and the final model keeps the ``step-<n>`` saves beside it. What is there
+    before training starts is not its own: a ``dirpath`` that is a file, or that holds anything, is refused when
+    ``fit`` starts, unless ``overwrite``.
+
     Args:
         dirpath: where to write; default ``hf_model/`` in the run's log directory (or ``default_root_dir``).
         every_n_train_steps: also write every this many optimizer steps, to ``<dirpath>/step-<n>``.
@@ -29,10 +37,11 @@ class SaveHFModel(Callback):
         dtype: the written weights' dtype (default: as trained), e.g. ``bfloat16``.
         tokenizer: the tokenizer to write alongside; default the data module's (with its chat template), else
             the policy's path.
+        overwrite: let this run's saves replace what ``dirpath`` holds when training starts (another run's).
     """
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int | None = None, merge: bool = False,
-                 dtype: DType | None = None, tokenizer: str | None = None) -> None:
+                 dtype: DType | None = None, tokenizer: str | None = None, overwrite: bool = False) -> None:
         if every_n_train_steps is not None and every_n_train_steps < 1:
             raise ValueError(f"SaveHFModel(every_n_train_steps={every_n_train_steps}): give a positive step count")
         self.dirpath = dirpath
@@ -40,11 +49,14 @@ class SaveHFModel(Callback):
         self.merge = merge
         self.dtype = dtype
         self.tokenizer = tokenizer
+        self.overwrite = overwrite
         self._saved_step = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.merge and pl_module.policy_spec.lora is None:
             raise ValueError("SaveHFModel(merge=True) folds a LoRA adapter into its base: the policy has none")
+        if stage == "fit":
+            self._check_target(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step  # counts optimizer steps: unchanged over the micro-batches of one step
@@ -64,13 +76,24 @@ class SaveHFModel(Callback):
             model.load_state_dict({name.removeprefix("policy."): value for name, value in state.items()
                                    if name.startswith("policy.")})
             write_pretrained(model, target, self.tokenizer or self._data_tokenizer(trainer, pl_module),
-                             self.merge, self.dtype)
+                             self.merge, self.dtype, keep=_is_step_save)
         trainer.strategy.barrier("SaveHFModel")
 
     def target(self, trainer: L.Trainer) -> Path:
         if self.dirpath is not None:
             return Path(self.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir) / "hf_model"
+
+    def _check_target(self, trainer: L.Trainer) -> None:
+        """Refuse a ``dirpath`` that is a file, or that holds something before this run wrote there (unless
+        ``overwrite``), before the first step; the first process looks, every process raises."""
+        target = self.target(trainer)  # collective (trainer.log_dir)
+        refusal = None
+        if trainer.is_global_zero:
+            refusal = target_refusal(target, self.overwrite, "SaveHFModel(overwrite=True)")
+        refusal = trainer.strategy.broadcast(refusal)
+        if refusal is not None:
+            raise ConfigError("SaveHFModel.dirpath", str(target), refusal)
 
     @staticmethod
     def _data_tokenizer(trainer: L.Trainer, pl_module: L.LightningModule) -> str | PreTrainedTokenizerBase | None:
@@ -80,3 +103,8 @@ class SaveHFModel(Callback):
             return tokenizer
         path = pl_module.policy_spec.path
         return path if path is not None and (Path(path) / "tokenizer_config.json").is_file() else None
+
+
+def _is_step_save(entry: Path) -> bool:
+    """An entry of ``dirpath`` that the final save keeps: a ``step-<n>`` save."""
+    return entry.is_dir() and entry.name.startswith("step-") and entry.name.removeprefix("step-").isdigit()
