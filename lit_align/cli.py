@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from pydoc import locate
 
 import yaml
 from jsonargparse import auto_cli
@@ -99,17 +98,18 @@ def _run(args: list[str] | None) -> None:
         )
 
 
+THOUGHT_MODELS = frozenset({"lit_align.thinker.LatentThoughtModule", "lit_align.thinker.module.LatentThoughtModule"})
+"""The ``model.class_path`` values that route ``lit-align`` to the thinker's CLI (a subclass of
+``LatentThoughtModule`` runs through ``lit-align-thinker``, whose parser checks it is one)."""
+
+
 def _names_thought_model(args: list[str]) -> bool:
-    """Whether a ``--config`` file among ``args`` names a :class:`LatentThoughtModule` (or subclass) as
-    ``model.class_path`` (an ``AlignmentModule`` config names none: that CLI fixes its model class)."""
+    """Whether a ``--config`` file among ``args`` names :class:`LatentThoughtModule` as ``model.class_path``; read
+    as text, importing nothing a config names (the parser validates a class path before it is imported)."""
     paths = [value for flag, value in zip(args, args[1:], strict=False) if flag in ("-c", "--config")]
     paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
     for path in filter(os.path.isfile, paths):
         model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
-        named = locate(model["class_path"]) if isinstance(model, dict) and "class_path" in model else None
-        if isinstance(named, type):
-            from lit_align.thinker.module import LatentThoughtModule
-
-            if issubclass(named, LatentThoughtModule):
-                return True
+        if isinstance(model, dict) and model.get("class_path") in THOUGHT_MODELS:
+            return True
     return False

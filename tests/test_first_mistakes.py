@@ -328,3 +328,15 @@ def test_train_sae_given_a_csv_names_the_file(capsys, tmp_path, model_dir):
 
     with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'texts.jsonl'))}, line 1: not a JSON object"):
         read_texts(tmp_path / "texts.jsonl")
+
+
+def test_a_class_path_in_a_config_is_not_imported_before_it_is_validated(tmp_path, config):
+    """``model.class_path`` naming a local module: read as text to pick the CLI, so its code does not run."""
+    (tmp_path / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\nclass Model: pass\n")
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["class_path"] = "evil.Model"
+    config.write_text(yaml.safe_dump(settings))
+    result = subprocess.run([sys.executable, "-m", "lit_align", "fit", "--config", str(config)], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "ran").exists()
