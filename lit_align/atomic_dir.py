@@ -75,6 +75,23 @@ def replacing_directory(target: str | Path, keep: Callable[[Path], bool] | None 
     shutil.rmtree(staging, ignore_errors=True)  # the old content, now at the sibling's name
 
 
+def put_in_place(staging: str | Path, target: str | Path) -> None:
+    """Replace ``target`` (a file or a directory, or nothing) by ``staging`` whole, and remove the old content:
+    a file by one ``os.replace``, a directory by :func:`replacing_directory`'s swap."""
+    staging, target = Path(staging), Path(target)
+    if staging.is_dir():
+        if target.exists() and not target.is_dir():
+            target.unlink()
+        _swap_in(staging, target)
+        sync_directory(target.parent)
+        shutil.rmtree(staging, ignore_errors=True)  # the old content, now at the staging name
+    else:
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        sync_directory(target.parent)
+
+
 def _sibling(target: Path) -> Path:
     return target.with_name(f".{target.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}")
 

@@ -35,9 +35,16 @@ class AlignmentCLI(LightningCLI):
         """Parse errors are raised (and printed by :func:`main` as one line), not printed with the usage."""
         return super().init_parser(**{"exit_on_error": False, **kwargs})
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the settings the user gave. LightningCLI (2.6) replaces the parsed ``model`` section by the
+        checkpoint's saved hyperparameters when ``ckpt_path`` is given, so a resume with a lowered learning rate or
+        another objective silently ran the old ones; here the run is what its config says, and
+        :mod:`lit_align.identity.resume` compares it with the checkpoint's run, refusing what changes a step unless
+        allowed. The override of a private hook: LightningCLI offers no public switch for this."""
+
     def before_instantiate_classes(self) -> None:
-        """Check the checkpoint to resume from before anything is built (``last``: the newest ``last.ckpt`` of the
-        run's directory, whichever ``version_N`` wrote it); a precompute writes no config file of its own (its
+        """Check that a checkpoint path given to resume from exists before anything is built (``last`` is this run's
+        last, found by :class:`~lit_align.trainer.AlignmentTrainer`); a precompute writes no config file of its own (its
         store carries the run's fingerprint). A data module's unset ``tokenizer`` is the policy's when its pairs
         come from ``path`` (a ``source`` may bring its own): the model path is given once."""
         config = self.config.get(self.subcommand) or self.config
@@ -46,9 +53,7 @@ class AlignmentCLI(LightningCLI):
                 and init_args.get("source") is None:
             init_args.tokenizer = config.get("model.policy.path")
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path == "last":
-            config["ckpt_path"] = latest_last_checkpoint(config.get("trainer.default_root_dir") or ".") or "last"
-        elif ckpt_path is not None and ckpt_path not in _CKPT_ALIASES and "://" not in ckpt_path:
+        if ckpt_path is not None and ckpt_path not in _CKPT_ALIASES and "://" not in ckpt_path:
             config["ckpt_path"] = local_path("ckpt_path", ckpt_path)
         if self.subcommand == "precompute":
             self.save_config_callback = None
@@ -61,13 +66,6 @@ class AlignmentCLI(LightningCLI):
                               "create it first with `lit-align precompute` and the same config")
 
     before_fit = before_validate = before_test = before_predict = _check_store
-
-
-def latest_last_checkpoint(root: str) -> str | None:
-    """The newest ``last.ckpt`` under ``root`` (Lightning's own ``"last"`` looks only in the new run's
-    ``version_N+1``, where there is none yet); ``None`` when there is none."""
-    found = sorted(Path(root).glob("**/last.ckpt"), key=lambda path: path.stat().st_mtime)
-    return str(found[-1].resolve()) if found else None
 
 
 def main(args: list[str] | None = None) -> None:

@@ -63,7 +63,7 @@ def run_entry(entry: Callable[[list[str] | None], None], args: list[str] | None 
             line, status = str(cause), 1
         else:
             raise
-        sys.stderr.write(f"error: {line}\n")
+        sys.stderr.write("".join(f"error: {part}\n" for part in line.splitlines()))
         raise SystemExit(status) from None
 
 

@@ -29,6 +29,7 @@ from transformers.initialization import no_init_weights
 
 from lit_align.atomic_dir import replacing_directory, target_refusal
 from lit_align.errors import ConfigError
+from lit_align.identity.checkpoints import read_identity, verify
 from lit_align.models.loading import with_generation_config
 from lit_align.models.policy import DType, LoraSettings, PolicySpec, add_adapter
 
@@ -42,11 +43,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError("ckpt_path", str(path), "no checkpoint there (a .ckpt file or a sharded directory)")
-    if path.is_dir():
-        if not (path / METADATA_FILE).is_file():
-            raise ConfigError("ckpt_path", str(path), f"a directory without {METADATA_FILE}: no sharded checkpoint")
-        return torch.load(path / METADATA_FILE, weights_only=True, map_location="cpu")
-    return torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    if path.is_dir() and not (path / METADATA_FILE).is_file():
+        raise ConfigError("ckpt_path", str(path), f"a directory without {METADATA_FILE}: no sharded checkpoint")
+    verify(path)  # a damaged checkpoint is refused, naming the file, before anything is exported from it
+    return read_identity(path)[1]
 
 
 def policy_spec(checkpoint: dict[str, Any], overrides: dict[str, Any] | None = None) -> PolicySpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,11 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+from lit_align.atomic_dir import put_in_place
 from lit_align.callbacks import DivergenceGuard, NonFiniteGuard
 from lit_align.checkpoint_io import SafeCheckpointIO
+from lit_align.files import partial_path
+from lit_align.identity import RunIdentity, checkpoint_to_resume, run_manifest
 from lit_align.reference.precompute import precompute
 
 _NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
@@ -26,8 +30,18 @@ class AlignmentTrainer(L.Trainer):
     before the diverged step is applied or saved (:class:`~lit_align.callbacks.DivergenceGuard`); each guard
     unless ``callbacks`` hold one already."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, resume_allows: list[str] | None = None, **kwargs: Any) -> None:
+        """Lightning's ``Trainer`` arguments, and:
+
+        Args:
+            resume_allows: settings a resume may change although they alter what a step computes (e.g.
+                ``[model.optimizer.lr]`` to lower the learning rate on purpose); each change is logged.
+        """
         super().__init__(*args, **kwargs)
+        self.resume_allows = list(resume_allows or [])
+        self.run_identity = next((c for c in self.callbacks if isinstance(c, RunIdentity)), None) or RunIdentity()
+        if self.run_identity not in self.callbacks:
+            self.callbacks.append(self.run_identity)
         if type(self.strategy.checkpoint_io) is TorchCheckpointIO:
             self.strategy.checkpoint_io = SafeCheckpointIO()
         if not any(isinstance(callback, NonFiniteGuard) for callback in self.callbacks):
@@ -51,13 +65,36 @@ class AlignmentTrainer(L.Trainer):
         the dataloader is not resumable (it looks at the DataLoader alone) does not apply and is not shown.
 
         Args:
-            ckpt_path: the checkpoint to resume from (``"last"`` for the last one of this run's directory).
+            ckpt_path: the checkpoint to resume from: ``"last"``, the newest checkpoint of this run (its settings and
+                data) under ``default_root_dir``, or a path; either is compared with this run's settings and its
+                weights with their checksum before anything is restored (:mod:`lit_align.identity.resume`).
             weights_only: read the checkpoint weights-only (the default; ``false`` unpickles anything).
         """
+        self.run_identity.manifest = run_manifest(self, model, datamodule)
+        root = self.default_root_dir
+        ckpt_path = checkpoint_to_resume(ckpt_path, self.run_identity.manifest, root, self.resume_allows)
         with warnings.catch_warnings():
             if hasattr(datamodule or train_dataloaders, "train_order"):
                 warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+
+    def save_checkpoint(self, filepath: str | Path, weights_only: bool = False, storage_options: Any = None) -> None:
+        """Lightning's ``save_checkpoint``, written beside and put in place whole: a sharded checkpoint (a directory
+        that every process writes its shards into) goes to a hidden sibling first and replaces ``filepath`` in one
+        swap once all processes have written, so a run killed while saving leaves the previous checkpoint whole,
+        never new shards beside old metadata. Remote paths are Lightning's."""
+        if "://" in str(filepath):
+            super().save_checkpoint(filepath, weights_only, storage_options)
+            return
+        target = Path(filepath)
+        staging = partial_path(target)
+        if self.is_global_zero and staging.exists():  # left by a run killed while saving
+            shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
+        self.strategy.barrier("checkpoint_staging")
+        super().save_checkpoint(staging, weights_only, storage_options)  # ends with a barrier
+        if self.is_global_zero:
+            put_in_place(staging, target)
+        self.strategy.barrier("checkpoint_in_place")
 
     def precompute(
         self, model: L.LightningModule, datamodule: L.LightningDataModule, every_n_batches: PositiveInt = 16

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer
 from lit_align.callbacks import PrecomputeJournal
 from lit_align.cli import main
 from lit_align.data import PreferenceDataModule
+from lit_align.identity import DamagedCheckpoint
 from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO, FPO
@@ -363,10 +364,11 @@ def test_resume_reads_checkpoints_weights_only(tmp_path, model_dir, explicit_fil
     torch.save(checkpoint, poisoned)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's own default is off now, ours is not
     module = AlignmentModule(FDPO(), PolicySpec(path=model_dir), optimizer=adam(1e-3))
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(DamagedCheckpoint, match="Weights only load failed") as refused:  # read before restoring
         make_trainer(tmp_path, 3, limit_val_batches=0).fit(module, make_data(explicit_file, tokenizer_dir),
                                                            ckpt_path=poisoned)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    assert isinstance(refused.value.__cause__.__cause__, pickle.UnpicklingError)
+    with pytest.raises(SystemExit):  # one line: error: the checkpoint ... cannot be read (UnpicklingError: ...)
         cli("fit", "--config", config, f"--ckpt_path={poisoned}")
     assert not marker.exists()
     torch.load(poisoned, weights_only=False)  # the payload is real: full pickle runs it
@@ -384,7 +386,7 @@ SOURCES = sorted([*(ROOT / "lit_align").rglob("*.py"), *(ROOT / "tools").glob("*
         (r"trust_remote_code\s*=\s*True", ()),
         (r"\bimport pickle\b|\bpickle\.", ()),
         (r"torch\.save\(", ("lit_align/checkpoint_io.py",)),  # Lightning checkpoints only, read weights-only
-        (r"torch\.load\(", ("lit_align/export.py",)),  # reads a checkpoint for export, weights_only=True
+        (r"torch\.load\(", ("lit_align/identity/checkpoints.py",)),  # reads checkpoints (resume, export), weights-only
         (r"weights_only\s*=\s*False", ()),
         (r"allow_pickle\s*=\s*True", ()),
     ],
