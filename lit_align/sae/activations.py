@@ -10,6 +10,7 @@ import gzip
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,11 @@ def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
     return texts
 
 
+def first_row(path: str | Path) -> dict | None:
+    """The first row of a ``.jsonl`` (or ``.jsonl.gz``) file, ``None`` when it has none."""
+    return next(_rows(Path(path)), None)
+
+
 def _rows(path: Path) -> Iterator[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as file:
@@ -51,7 +57,6 @@ def _rows(path: Path) -> Iterator[dict]:
                                  "or .jsonl.gz file, one JSON object per line") from None
 
 
-@torch.no_grad()
 def collect_activations(
     model: nn.Module,
     tokenizer,
@@ -75,22 +80,43 @@ def collect_activations(
     Returns:
         ``(tokens, hidden)`` on the CPU, in the model's dtype.
     """
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True)
+    sequences = [
+        TokenSequence(ids, [not special for special in mask])
+        for ids, mask in zip(encoded["input_ids"], encoded["special_tokens_mask"], strict=True)
+    ]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return collect_token_activations(model, sequences, layer, pad_id, batch_size, max_tokens)
+
+
+class TokenSequence(NamedTuple):
+    """One sequence's token ids and, per token, whether its activation is kept (content tokens only)."""
+
+    ids: list[int]
+    keep: list[bool]
+
+
+@torch.no_grad()
+def collect_token_activations(
+    model: nn.Module,
+    sequences: Sequence[TokenSequence],
+    layer: int,
+    pad_id: int,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+) -> Tensor:
+    """Residual activations at the output of decoder layer ``layer`` at the kept tokens of already tokenised
+    sequences (right-padded with ``pad_id``, padding masked out of attention).
+
+    Returns:
+        ``(tokens, hidden)`` on the CPU, in the model's dtype; at most ``max_tokens`` rows.
+    """
     device = next(model.parameters()).device
     chunks: list[Tensor] = []
     collected = 0
-    for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(
-            list(texts[start : start + batch_size]),
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_special_tokens_mask=True,
-        )
-        residual = residual_stream(
-            model, layer, encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
-        )
-        keep = encoded["attention_mask"].bool() & ~encoded["special_tokens_mask"].bool()
+    for start in range(0, len(sequences), batch_size):
+        ids, attention, keep = _padded(sequences[start : start + batch_size], pad_id)
+        residual = residual_stream(model, layer, ids.to(device), attention.to(device))
         chunks.append(residual[keep.to(device)].cpu())
         collected += chunks[-1].shape[0]
         if max_tokens is not None and collected >= max_tokens:
@@ -98,3 +124,16 @@ def collect_activations(
     if not chunks:
         raise ValueError("no texts to collect activations from")
     return torch.cat(chunks)[:max_tokens]
+
+
+def _padded(batch: Sequence[TokenSequence], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(ids, attention_mask, keep)`` of a batch, each ``(batch, longest)``, right-padded."""
+    width = max(len(sequence.ids) for sequence in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros(len(batch), width, dtype=torch.long)
+    keep = torch.zeros(len(batch), width, dtype=torch.bool)
+    for row, sequence in enumerate(batch):
+        ids[row, : len(sequence.ids)] = torch.tensor(sequence.ids, dtype=torch.long)
+        attention[row, : len(sequence.ids)] = 1
+        keep[row, : len(sequence.keep)] = torch.tensor(sequence.keep, dtype=torch.bool)
+    return ids, attention, keep

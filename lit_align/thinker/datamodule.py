@@ -1,4 +1,5 @@
-"""Data modules for latent-thought training: local GSM8K/StrategyQA files, and the built-in arithmetic task."""
+"""Data modules for latent-thought training: local reasoning files (GSM8K, steps + answer, StrategyQA), and the
+built-in arithmetic task."""
 
 from __future__ import annotations
 
@@ -8,25 +9,35 @@ from pathlib import Path
 
 import lightning as L
 from jsonargparse.typing import PositiveInt
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
+from lit_align.errors import ConfigError
 from lit_align.thinker.encoding import ReasoningExample, Target, ThoughtMarkers, collate, encode
-from lit_align.thinker.formats import ReasoningFormat, load_examples
+from lit_align.thinker.formats import FIELDS, ReadReport, ReasoningFormat, check_columns, read_examples
 from lit_align.thinker.task import ArithmeticSettings, make_examples, pretrain_base
 
 log = logging.getLogger(__name__)
+LAYOUT_HINT = ("A row needs a question and an answer: GSM8K's answer ending in a '#### <answer>' line, a 'steps' "
+               "list with an 'answer', or StrategyQA's boolean 'answer' (row_format: auto reads each); other column "
+               "names go in columns, e.g. {question: problem, answer: solution}")
 
 
 class ReasoningDataModule(L.LightningDataModule):
     """Reasoning examples from local files (:mod:`lit_align.thinker.formats`), encoded for latent thoughts
-    (:mod:`lit_align.thinker.encoding`). Examples longer than ``max_length`` tokens (base sequence or generator
-    prompt with steps) are dropped and counted (``self.dropped``).
+    (:mod:`lit_align.thinker.encoding`). Rows that fit no layout are skipped and counted by reason, and each
+    file's counts are logged (``self.reports``); examples longer than ``max_length`` tokens (base sequence or
+    generator prompt with steps) are dropped and counted (``self.dropped``). A split left with no example is a
+    ValueError naming the file, the counts and the layouts read.
 
     Args:
         tokenizer: the base's tokenizer (local path), holding every marker as one token.
         train_path, val_path: JSON-lines (or JSON array) files.
-        row_format: ``gsm8k`` (steps, then ``#### answer``) or ``strategyqa`` (facts as steps, yes/no answer).
+        row_format: ``auto`` (per row, from its fields), ``gsm8k`` (steps, then ``#### answer``), ``steps`` (a
+            ``steps`` list and an ``answer``) or ``strategyqa`` (facts as steps, yes/no answer).
+        columns: the file's column names for the fields ``question``, ``answer``, ``steps``, ``facts``, e.g.
+            ``{question: problem, answer: solution}``.
         num_thoughts: N, the thought slots of the base prompt.
         markers: the marker tokens.
         target: what the base learns to write: the answer alone or the gold steps then the answer.
@@ -38,7 +49,7 @@ class ReasoningDataModule(L.LightningDataModule):
         tokenizer: str,
         train_path: str | None = None,
         val_path: str | None = None,
-        row_format: ReasoningFormat = "gsm8k",
+        row_format: ReasoningFormat = "auto",
         num_thoughts: PositiveInt = 4,
         markers: ThoughtMarkers | None = None,
         target: Target = "steps_and_answer",
@@ -46,8 +57,13 @@ class ReasoningDataModule(L.LightningDataModule):
         batch_size: PositiveInt = 8,
         eval_batch_size: PositiveInt | None = None,
         num_workers: int = 0,
+        columns: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        try:
+            self.columns = check_columns(columns)
+        except ValueError as error:
+            raise ConfigError("data.columns", columns, f"map the fields {list(FIELDS)} to your columns") from error
         self.tokenizer_path, self.paths, self.row_format = tokenizer, {"train": train_path, "val": val_path}, row_format
         self.num_thoughts, self.markers, self.target = num_thoughts, markers or ThoughtMarkers(), target
         self.max_length, self.batch_size = max_length, batch_size
@@ -55,12 +71,19 @@ class ReasoningDataModule(L.LightningDataModule):
         self.tokenizer = None
         self.rows: dict[str, list[dict]] = {}
         self.dropped: dict[str, int] = {}
+        self.reports: dict[str, ReadReport] = {}
 
     def examples(self, split: str) -> list[ReasoningExample]:
+        """The examples of the split's file; its report is logged, and a file with none is a ValueError."""
         path = self.paths[split]
         if path is None:
             raise ValueError(f"no {split}_path given")
-        return load_examples(path, self.row_format)[0]
+        examples, self.reports[split] = read_examples(path, self.row_format, self.columns)
+        line = self.reports[split].describe(split)
+        if not examples:
+            raise ValueError(f"no usable examples in the {split} data: {line}. {LAYOUT_HINT}")
+        rank_zero_info(line)
+        return examples
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
@@ -78,6 +101,9 @@ class ReasoningDataModule(L.LightningDataModule):
                 log.warning("%s: dropped %d examples over %d tokens", split, self.dropped[split], self.max_length)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if not self.rows[split]:
+            raise ValueError(f"no usable examples in the {split} data: all {self.dropped[split]} are over "
+                             f"max_length={self.max_length} tokens; raise max_length")
         return DataLoader(self.rows[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
 
