@@ -15,6 +15,7 @@ the old content or nothing, never a mix, and the files take the modes of the use
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ from transformers.initialization import no_init_weights
 
 from lit_align.atomic_dir import replacing_directory, target_refusal
 from lit_align.errors import ConfigError
-from lit_align.identity.checkpoints import read_identity, verify
+from lit_align.identity.checkpoints import IDENTITY, read_identity, verify
 from lit_align.models.loading import with_generation_config
 from lit_align.models.policy import DType, LoraSettings, PolicySpec, add_adapter
 
+RUN_FILE = "lit_align_run.json"  # the manifest of the run that trained an exported model
 METADATA_FILE = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
 SHARDED_KEYS = ("state_dict", "model")  # where FSDP2 (ModelParallelStrategy) and FSDP1 (FSDPStrategy) put weights
 
@@ -105,13 +107,14 @@ def load_policy_weights(path: str | Path, checkpoint: dict[str, Any], model: nn.
 
 
 def write_pretrained(model: nn.Module, output_dir: str | Path, tokenizer: str | PreTrainedTokenizerBase | None,
-                     merge: bool = False, dtype: DType | None = None, keep: Callable[[Path], bool] | None = None
-                     ) -> Path:
+                     merge: bool = False, dtype: DType | None = None, keep: Callable[[Path], bool] | None = None,
+                     manifest: dict[str, Any] | None = None) -> Path:
     """``save_pretrained`` ``model`` (safetensors), in ``dtype`` if given, with ``tokenizer`` (a path, or a
     tokenizer) as the whole new content of ``output_dir``: written beside it and swapped in, so nothing of an
     earlier model stays (but the entries ``keep`` selects) and a failure leaves the old content. A peft model is
-    written as its adapter alone, or folded into its base with ``merge``. Whether ``output_dir`` may be replaced
-    is the caller's to check first (:func:`~lit_align.atomic_dir.target_refusal`)."""
+    written as its adapter alone, or folded into its base with ``merge``. The manifest of the run that trained it
+    goes beside, as ``lit_align_run.json``. Whether ``output_dir`` may be replaced is the caller's to check first
+    (:func:`~lit_align.atomic_dir.target_refusal`)."""
     if merge and isinstance(model, PeftModel):
         model = model.merge_and_unload()
     if dtype is not None:
@@ -122,6 +125,8 @@ def write_pretrained(model: nn.Module, output_dir: str | Path, tokenizer: str | 
         model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        if manifest is not None:
+            (staging / RUN_FILE).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
     return Path(output_dir)
 
 
@@ -156,7 +161,8 @@ def export_checkpoint(
     named = tokenizer or run_tokenizer(checkpoint, spec)
     loaded = AutoTokenizer.from_pretrained(named) if named is not None else None  # read before anything is written
     try:
-        return write_pretrained(model, output_dir, loaded, merge, dtype)
+        manifest = (checkpoint.get(IDENTITY) or {}).get("manifest")
+        return write_pretrained(model, output_dir, loaded, merge, dtype, manifest=manifest)
     except (OSError, SafetensorError) as error:  # a full disk, no permission: one line, not a traceback
         raise ValueError(f"could not write the export to {output_dir}, left as it was: {error}") from error
 

@@ -10,15 +10,17 @@ from typing import Any
 import lightning as L
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lit_align.atomic_dir import put_in_place
 from lit_align.callbacks import DivergenceGuard, NonFiniteGuard
 from lit_align.checkpoint_io import SafeCheckpointIO
 from lit_align.files import partial_path
-from lit_align.identity import RunIdentity, checkpoint_to_resume, run_manifest
+from lit_align.identity import ResumeRefused, RunIdentity, checkpoint_to_resume, run_manifest
 from lit_align.reference.precompute import precompute
 
+SHARDED = (FSDPStrategy, ModelParallelStrategy)  # the strategies that read a sharded checkpoint directory
 _NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
@@ -73,6 +75,11 @@ class AlignmentTrainer(L.Trainer):
         self.run_identity.manifest = run_manifest(self, model, datamodule)
         root = self.default_root_dir
         ckpt_path = checkpoint_to_resume(ckpt_path, self.run_identity.manifest, root, self.resume_allows)
+        if ckpt_path is not None and Path(ckpt_path).is_dir() and not isinstance(self.strategy, SHARDED):
+            raise ResumeRefused(f"{ckpt_path} is a sharded checkpoint (a directory of FSDP shards), which "
+                                f"{type(self.strategy).__name__} cannot read: resume it with the strategy that wrote "
+                                "it (e.g. --config configs/overlays/fsdp2.yaml), or export it with lit-align export "
+                                "and start from the exported model")
         with warnings.catch_warnings():
             if hasattr(datamodule or train_dataloaders, "train_order"):
                 warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)

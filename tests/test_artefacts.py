@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 
 from lit_align.reference.journal import PrecomputeJournal
 from lit_align.reference.precompute import _merge
@@ -107,9 +108,14 @@ def test_a_lock_of_a_live_process_on_another_host_is_not_taken(config, tmp_path)
     assert not (store / "reference.safetensors").exists()
 
 
-def test_stores_follow_the_umask(config, tmp_path):
+def test_stores_follow_the_umask_and_record_their_run(config, tmp_path):
     finish(precompute(config))
-    assert stat.S_IMODE((tmp_path / "store" / "reference.safetensors").stat().st_mode) == 0o644
+    store = tmp_path / "store" / "reference.safetensors"
+    assert stat.S_IMODE(store.stat().st_mode) == 0o644
+    with safe_open(str(store), framework="pt") as handle:
+        manifest = json.loads(handle.metadata()["manifest"])
+    assert manifest["model"]["objective"]["class_path"] == "lit_align.objectives.DPO"
+    assert manifest["content"]["data.path"] and manifest["data"]["max_length"] == 64
 
 
 def test_a_merge_that_lacks_pairs_writes_nothing(tmp_path):

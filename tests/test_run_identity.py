@@ -4,6 +4,7 @@ process on a tiny model (a Llama; a Qwen2 where the family matters)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -87,8 +88,13 @@ def test_an_allowed_change_and_a_longer_run_resume_with_a_notice(config, tmp_pat
               "--trainer.resume_allows=[model.optimizer.lr]")
     assert "resume: model.optimizer.lr: 0.001 -> 0.0005 (allowed)" in err
     assert "resume: trainer.max_steps: 4 -> 6 (does not alter a step)" in err
-    assert restored_from(err) == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert step_of(tmp_path / "run" / "checkpoints" / "last.ckpt") == 6
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert restored_from(err) == str(last) and step_of(last) == 6
+    subprocess.run([sys.executable, "-m", "lit_align", "export", f"--ckpt_path={last}",
+                    f"--output_dir={tmp_path / 'exported'}"], cwd=ROOT, env=loopback_env(), check=True,
+                   capture_output=True, timeout=TIMEOUT)
+    run = json.loads((tmp_path / "exported" / "lit_align_run.json").read_text())  # the export records its run
+    assert run["model"]["optimizer"]["init_args"]["lr"] == 5e-4 and run["trainer"]["max_steps"] == 6
 
 
 def test_turning_lora_on_at_resume_is_one_line(config, tmp_path):
@@ -223,6 +229,12 @@ def test_a_kill_inside_a_sharded_checkpoint_write_keeps_the_previous_one_whole(c
     err = fit(config, "--ckpt_path=last", *FSDP2)
     assert restored_from(err) == str(last)
     assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == 4
+    err = fit(config, f"--ckpt_path={last}", "--trainer.max_steps=6", "--trainer.strategy=auto",
+              "--data.batch_size=4", status=1)  # one process, the same global batch
+    assert errors(err) == [f"error: {last} is a sharded checkpoint (a directory of FSDP shards), which "
+                           "SingleDeviceStrategy cannot read: resume it with the strategy that wrote it (e.g. --config "
+                           "configs/overlays/fsdp2.yaml), or export it with lit-align export and start from the "
+                           "exported model"]
 
 
 # ---- all processes are one run ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ on every data-parallel process, resumable, and wired into ``PreferenceDataModule
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -118,3 +119,12 @@ def test_pair_lengths_follow_the_split(tmp_path, tokenizer_dir):
     expected = [len(p) + max(len(c), len(r)) for p, c, r in zip(rows["prompt_ids"], rows["chosen_ids"],
                                                                   rows["rejected_ids"], strict=True)]
     assert pair_lengths(rows) == expected
+
+
+def test_pairs_that_do_not_divide_into_the_processes_are_counted_as_repeated():
+    with pytest.warns(UserWarning, match="37 training pairs do not divide into 2 processes: 1 pair is repeated"):
+        TrainOrder(list(range(37)), num_replicas=2, rank=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainOrder(list(range(36)), num_replicas=2, rank=0)
+        TrainOrder(list(range(37)), num_replicas=1, rank=0)

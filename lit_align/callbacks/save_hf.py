@@ -8,6 +8,8 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from peft import PeftModel
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
@@ -19,8 +21,9 @@ from lit_align.models.policy import DType
 
 class SaveHFModel(Callback):
     """Write the trained policy for inference stacks: safetensors weights, config, generation config, tokenizer
-    (``AutoModelForCausalLM.from_pretrained(dirpath)`` loads it). A LoRA policy writes its adapter alone, or with
-    ``merge`` the adapter folded into its base.
+    (``AutoModelForCausalLM.from_pretrained(dirpath)`` loads it). A LoRA policy writes its adapter alone (peft's
+    ``adapter_config.json``, naming the base by absolute path when it is local, and ``adapter_model.safetensors``),
+    or with ``merge`` the adapter folded into its base. Each save logs where it went.
 
     Under a sharding strategy each weight is gathered in turn to the first process, which alone holds the full
     model (``cpu_offload``) and writes it.
@@ -75,8 +78,14 @@ class SaveHFModel(Callback):
             model = empty_policy(pl_module.policy_spec)
             model.load_state_dict({name.removeprefix("policy."): value for name, value in state.items()
                                    if name.startswith("policy.")})
+            run = getattr(getattr(trainer, "run_identity", None), "manifest", None)
             write_pretrained(model, target, self.tokenizer or self._data_tokenizer(trainer, pl_module),
-                             self.merge, self.dtype, keep=_is_step_save)
+                             self.merge, self.dtype, keep=_is_step_save, manifest=run)
+            if isinstance(model, PeftModel) and not self.merge:
+                base = model.peft_config["default"].base_model_name_or_path
+                rank_zero_info(f"LoRA adapter written to {target.resolve()} (base model: {base})")
+            else:
+                rank_zero_info(f"model written to {target.resolve()}")
         trainer.strategy.barrier("SaveHFModel")
 
     def target(self, trainer: L.Trainer) -> Path:

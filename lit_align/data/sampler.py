@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler
 
 
@@ -24,8 +25,10 @@ class TrainOrder(DistributedSampler):
     own), leaving out the pairs of the current epoch that the training loop has already consumed.
 
     One process takes the whole shuffle; ``n`` processes with per-process batch ``b`` see, step by step, the same
-    global batches as one process with batch ``n·b``. The position is counted in pairs of the whole shuffle, so a
-    run resumed on the same number of processes repeats the interrupted run's order exactly.
+    global batches as one process with batch ``n·b`` when the pair count divides by ``n`` (otherwise the shuffle's
+    first pairs are repeated to even the shares, as ``DistributedSampler`` does, and a warning counts them). The
+    position is counted in pairs of the whole shuffle, so a run resumed on the same number of processes repeats the
+    interrupted run's order exactly.
 
     Args:
         dataset: the training pairs.
@@ -53,6 +56,11 @@ class TrainOrder(DistributedSampler):
             raise ValueError(f"lengths has {len(lengths)} entries for {len(dataset)} pairs")
         if batch_size < 1 or window < 1:
             raise ValueError(f"batch_size and window must be >= 1, got batch_size={batch_size}, window={window}")
+        if repeated := self.total_size - len(dataset):
+            rank_zero_warn(f"{len(dataset)} training pairs do not divide into {num_replicas} processes: {repeated} "
+                           f"pair{'s are' if repeated > 1 else ' is'} repeated each epoch so that every process takes "
+                           "the same steps, and the last global batch differs from one process's; a pair count "
+                           f"divisible by {num_replicas} gives one process's batches exactly")
         self.lengths = lengths
         self.batch_size = batch_size
         self.window = window

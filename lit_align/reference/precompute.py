@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from lit_align.identity.manifest import run_manifest
 from lit_align.reference.base import ReferenceProvider
 from lit_align.reference.default import default_reference
 from lit_align.reference.fingerprint import reference_fingerprint, run_fingerprint
@@ -73,15 +74,16 @@ def precompute(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Light
     trainer.strategy.barrier("precompute_journal_written")
     try:
         if trainer.is_global_zero:
-            _merge(store.path, journal, remaining.keys)
+            _merge(store.path, journal, remaining.keys, run_manifest(trainer, model, datamodule))
     finally:
         lock.release()
     trainer.strategy.barrier("precompute")
     return Path(store.path)
 
 
-def _merge(path: str | Path, journal: PrecomputeJournal, keys: set[int]) -> None:
-    """Merge the journal into the store, once it holds every pair of the data (``keys``); then remove it."""
+def _merge(path: str | Path, journal: PrecomputeJournal, keys: set[int], manifest: dict | None = None) -> None:
+    """Merge the journal into the store, once it holds every pair of the data (``keys``), recording the run's
+    ``manifest`` beside its fingerprint; then remove the journal."""
     columns = journal.merged()
     missing = keys - set(columns["example_key"].tolist())
     if missing:
@@ -89,7 +91,7 @@ def _merge(path: str | Path, journal: PrecomputeJournal, keys: set[int]) -> None
                          "pairs this run computed (it was changed or removed while the run went on); nothing was "
                          "written: run lit-align precompute again, it resumes")
     previous = stored_pairs(path)
-    written = write_store(path, columns, journal.fingerprint)
+    written = write_store(path, columns, journal.fingerprint, manifest)
     journal.remove()
     replaced = "" if previous is None else f" (it replaced a store of {previous} pairs)"
     rank_zero_info(f"reference store written to {written.resolve()}: {len(keys)} pairs{replaced}")

@@ -39,12 +39,14 @@ STORE_COLUMNS = ("example_key", "chosen_logps", "rejected_logps", "chosen_length
 SIDES = ("chosen", "rejected")
 
 
-def write_store(path: str | Path, columns: dict[str, Tensor], fingerprint: dict[str, Any]) -> Path:
+def write_store(path: str | Path, columns: dict[str, Tensor], fingerprint: dict[str, Any],
+                manifest: dict[str, Any] | None = None) -> Path:
     """Write a store (deduplicating keys, as distributed predict pads with repeats); returns the file.
 
     ``columns`` holds :data:`STORE_COLUMNS`, one value per pair, and optionally the pooled reference features
     as ``{side}_feature_counts`` (one per pair), ``{side}_feature_indices`` and ``{side}_feature_values`` (the
-    non-zeros, pair by pair; :func:`~lit_align.reference.sparse.sparse_rows`), stored as CSR columns."""
+    non-zeros, pair by pair; :func:`~lit_align.reference.sparse.sparse_rows`), stored as CSR columns. The
+    ``manifest`` of the run that computed it (:mod:`lit_align.identity.manifest`) is kept beside the fingerprint."""
     keys, first = _first_occurrences(columns["example_key"])
     tensors = {name: columns[name][first].contiguous() for name in STORE_COLUMNS}
     if "chosen_feature_counts" in columns:
@@ -60,7 +62,8 @@ def write_store(path: str | Path, columns: dict[str, Tensor], fingerprint: dict[
 
     fingerprint = {**fingerprint, "data": data_fingerprint(keys)}
     Path(path).mkdir(parents=True, exist_ok=True)
-    return save_safetensors(tensors, Path(path) / STORE_FILE, metadata={"fingerprint": json.dumps(fingerprint)})
+    metadata = {"fingerprint": json.dumps(fingerprint), "manifest": json.dumps(manifest, default=str)}
+    return save_safetensors(tensors, Path(path) / STORE_FILE, metadata=metadata)
 
 
 def _first_occurrences(keys: Tensor) -> tuple[Tensor, Tensor]:
