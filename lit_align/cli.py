@@ -8,18 +8,21 @@ import sys
 from pathlib import Path
 
 import yaml
-from jsonargparse import auto_cli
+from jsonargparse import ArgumentError, auto_cli
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_align.data.datamodule import PreferenceDataModule
-from lit_align.errors import ConfigError, run_entry
+from lit_align.errors import ConfigError, parse_error_line, run_entry
 from lit_align.export import export_checkpoint
 from lit_align.module import AlignmentModule
 from lit_align.paths import local_path
 from lit_align.reference.store import STORE_FILE, OfflineStore
+from lit_align.suggest import with_suggestions
 from lit_align.trainer import AlignmentTrainer
 
 _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
+EXPORT_EPILOG = ("export: write a checkpoint's policy as a save_pretrained model (lit-align export --ckpt_path CKPT "
+                 "--output_dir DIR [--merge true] [--dtype bfloat16]; lit-align export --help)")
 DEBUG_EPILOG = "--debug (or LIT_ALIGN_DEBUG=1): show an error's traceback, not its one line"
 
 
@@ -34,6 +37,19 @@ class AlignmentCLI(LightningCLI):
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         """Parse errors are raised (and printed by :func:`main` as one line), not printed with the usage."""
         return super().init_parser(**{"exit_on_error": False, **kwargs})
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Remember each subcommand's parser, whose keys a misspelt one is matched against."""
+        self.subcommand_parsers = [*getattr(self, "subcommand_parsers", []), parser]
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """LightningCLI's parsing; a misspelt key or class path gets "did you mean" (:mod:`lit_align.suggest`)."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            keys = {key for known in getattr(self, "subcommand_parsers", []) for key in _keys(known)}
+            line = parse_error_line(str(error))
+            raise ArgumentError(None, with_suggestions(line, keys)) from error
 
     def _parse_ckpt_path(self) -> None:
         """Keep the settings the user gave. LightningCLI (2.6) replaces the parsed ``model`` section by the
@@ -68,6 +84,11 @@ class AlignmentCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_store
 
 
+def _keys(parser: LightningArgumentParser) -> list[str]:
+    """Every dotted key ``parser`` knows (the nested keys of its defaults, and each group's own)."""
+    return [*parser.get_defaults().keys(), *(name for name in parser.groups if name)]
+
+
 def main(args: list[str] | None = None) -> None:
     """The ``lit-align`` console script, with one-line errors (:func:`~lit_align.errors.run_entry`). A ``--config``
     whose ``model.class_path`` names :class:`~lit_align.thinker.LatentThoughtModule` runs with that module's CLI
@@ -91,7 +112,7 @@ def _run(args: list[str] | None) -> None:
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the module's own optimizer and schedule arguments do this
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"epilog": DEBUG_EPILOG},
+            parser_kwargs={"epilog": f"{EXPORT_EPILOG}. {DEBUG_EPILOG}"},
             args=args,
         )
 
