@@ -21,6 +21,7 @@ from lit_align.identity import ResumeRefused, RunIdentity, checkpoint_to_resume,
 from lit_align.reference.precompute import precompute
 
 SHARDED = (FSDPStrategy, ModelParallelStrategy)  # the strategies that read a sharded checkpoint directory
+START_FILES = ("config.yaml", "hparams.yaml", "metrics.csv")  # what a run writes before its first step
 _NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
@@ -83,7 +84,19 @@ class AlignmentTrainer(L.Trainer):
         with warnings.catch_warnings():
             if hasattr(datamodule or train_dataloaders, "train_order"):
                 warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)
-            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+            try:
+                super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+            except BaseException:
+                self._remove_log_dir_of_a_failed_start()
+                raise
+
+    def _remove_log_dir_of_a_failed_start(self) -> None:
+        """A run that failed before its first step leaves no ``version_N`` holding only its config and an empty
+        event file: the next run then takes that number again."""
+        log_dir = Path(self.log_dir) if self.is_global_zero and self.log_dir and self.global_step == 0 else None
+        if log_dir is not None and log_dir.is_dir() and log_dir != Path(self.default_root_dir) and all(
+                path.name in START_FILES or path.name.startswith("events.out.tfevents") for path in log_dir.iterdir()):
+            shutil.rmtree(log_dir)
 
     def save_checkpoint(self, filepath: str | Path, weights_only: bool = False, storage_options: Any = None) -> None:
         """Lightning's ``save_checkpoint``, written beside and put in place whole: a sharded checkpoint (a directory

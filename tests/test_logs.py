@@ -1,0 +1,45 @@
+"""Logs a user can read (issue 24, item 7): a run that fails before its first step leaves no version directory,
+and the learning rate is one row per optimizer step under gradient accumulation. Through ``lit-align fit`` in a
+child process on the tiny Llama."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import yaml
+
+from tests.test_distributed import ROOT, TIMEOUT, loopback_env
+
+
+def fit(tmp_path, model_dir, tokenizer_dir, explicit_file, *args: str) -> subprocess.CompletedProcess:
+    config = {
+        "trainer": {"accelerator": "cpu", "max_steps": 3, "accumulate_grad_batches": 2, "log_every_n_steps": 1,
+                    "enable_progress_bar": False, "default_root_dir": str(tmp_path / "run"),
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp_path / "run")}},
+                    "callbacks": [{"class_path": "lit_align.callbacks.LearningRateMonitor"}]},
+        "model": {"objective": {"class_path": "lit_align.objectives.DPO"}, "policy": {"path": model_dir}},
+        "data": {"class_path": "lit_align.data.PreferenceDataModule",
+                 "init_args": {"path": str(explicit_file), "tokenizer": tokenizer_dir, "batch_size": 2,
+                               "max_length": 64, "max_prompt_length": 32, "val_fraction": 0}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, "-m", "lit_align", "fit", "--config", str(tmp_path / "config.yaml"),
+                           *args], cwd=ROOT, env=loopback_env(), capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def test_the_learning_rate_is_one_row_per_optimizer_step(tmp_path, model_dir, tokenizer_dir, explicit_file):
+    result = fit(tmp_path, model_dir, tokenizer_dir, explicit_file)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "run" / "lightning_logs" / "version_0" / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["lr-AdamW"]]
+    assert [row["step"] for row in rows] == ["0", "1", "2"]  # was: each step twice (2 micro-batches a step)
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_version_directory(tmp_path, model_dir, tokenizer_dir,
+                                                                              explicit_file):
+    result = fit(tmp_path, model_dir, tokenizer_dir, explicit_file, "--model.policy.lora.target_modules=[nope]")
+    assert result.returncode == 2 and "match no module of this llama model" in result.stderr
+    assert not list((tmp_path / "run").rglob("version_*"))  # was: version_0 with config.yaml alone
