@@ -19,6 +19,7 @@ from lit_align.checkpoint_io import SafeCheckpointIO
 from lit_align.files import partial_path
 from lit_align.identity import ResumeRefused, RunIdentity, checkpoint_to_resume, run_manifest
 from lit_align.reference.precompute import precompute
+from lit_align.surprises import warn_of_surprises
 
 SHARDED = (FSDPStrategy, ModelParallelStrategy)  # the strategies that read a sharded checkpoint directory
 START_FILES = ("config.yaml", "hparams.yaml", "metrics.csv")  # what a run writes before its first step
@@ -73,6 +74,7 @@ class AlignmentTrainer(L.Trainer):
                 weights with their checksum before anything is restored (:mod:`lit_align.identity.resume`).
             weights_only: read the checkpoint weights-only (the default; ``false`` unpickles anything).
         """
+        warn_of_surprises(self, model)
         self.run_identity.manifest = run_manifest(self, model, datamodule)
         root = self.default_root_dir
         ckpt_path = checkpoint_to_resume(ckpt_path, self.run_identity.manifest, root, self.resume_allows)

@@ -5,6 +5,7 @@ child process on the tiny Llama."""
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -43,3 +44,14 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_version_directory(tmp_
     result = fit(tmp_path, model_dir, tokenizer_dir, explicit_file, "--model.policy.lora.target_modules=[nope]")
     assert result.returncode == 2 and "match no module of this llama model" in result.stderr
     assert not list((tmp_path / "run").rglob("version_*"))  # was: version_0 with config.yaml alone
+
+
+def test_a_tiny_beta_and_more_processes_than_cores_are_one_warning_each(tmp_path, model_dir, tokenizer_dir,
+                                                                        explicit_file):
+    cores = os.cpu_count()
+    result = fit(tmp_path, model_dir, tokenizer_dir, explicit_file, "--model.objective.beta=0.0001",
+                 "--trainer.max_steps=1", "--trainer.strategy=ddp", f"--trainer.devices={cores + 1}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("model.objective.beta=0.0001: the loss -log σ(β · margin) stays within 0.05 of ln 2 "
+                               "until the log-ratio margin passes 1000 nats") == 1
+    assert result.stderr.count(f"trainer.devices={cores + 1} CPU processes on a machine with {cores} cores") == 1
