@@ -1,4 +1,5 @@
-"""A LightningModule's hyperparameters, saved as plain data so that checkpoints load weights-only."""
+"""A LightningModule's (or LightningDataModule's) hyperparameters, saved as plain data so that checkpoints load
+weights-only."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from types import FrameType
 import lightning as L
 
 
-def save_plain_hyperparameters(module: L.LightningModule, frame: FrameType | None) -> None:
+def save_plain_hyperparameters(module: L.LightningModule | L.LightningDataModule, frame: FrameType | None) -> None:
     """``module.save_hyperparameters()`` from the ``__init__`` running in ``frame``, less the Python objects.
 
     Built by LightningCLI, the module's hyperparameters are its parsed config (plain data), so checkpoints

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lit_align.tasks.tokenizer import train_bpe_tokenizer
 from tests import outside_reads
-from tools.common import train_bpe_tokenizer
 
 outside_reads.install()
 

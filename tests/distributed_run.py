@@ -3,8 +3,8 @@
 Launched as ``python -m tests.distributed_run SPEC.json`` (Lightning starts the other local processes itself, or
 the test starts one process per simulated node), or called in-process with :func:`run`. Each rank writes
 ``rank{r}.json`` (its per-step losses and example keys, and facts about a frozen-copy reference); rank 0 writes
-the policy's full weights to ``policy.pt``, a LoRA run its adapter to ``adapter/``, and with ``save_hf`` the
-SaveHFModel callback the policy to ``hf/``.
+the policy's full weights to ``policy.pt``, a LoRA run its adapter to ``adapter/`` (``SaveHFModel``), and with
+``save_hf`` the SaveHFModel callback the policy to ``hf/``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
-from lit_align.callbacks.save_adapter import SaveAdapter
 from lit_align.callbacks.save_hf import SaveHFModel
 from lit_align.data import PreferenceDataModule
 from lit_align.models.policy import LoraSettings, PolicySpec
@@ -106,7 +105,9 @@ def run(spec: dict[str, Any]) -> AlignmentModule:
         batch_size=spec["batch_size"], val_fraction=0.0,
     )
     recorder = StepRecorder()
-    callbacks: list[Callback] = [recorder, SaveAdapter()] if spec.get("lora") else [recorder]
+    callbacks: list[Callback] = [recorder]
+    if spec.get("lora"):
+        callbacks.append(SaveHFModel(dirpath=str(out / "adapter")))  # the adapter alone
     if spec.get("save_hf"):
         callbacks.append(SaveHFModel(dirpath=str(out / "hf")))
     if spec.get("save_every"):

@@ -30,7 +30,6 @@ from tests.conftest import TINY_LLAMA
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-import merge_lora  # noqa: E402
 import train_sae  # noqa: E402
 
 
@@ -236,12 +235,12 @@ def test_lora_run_from_relative_paths_writes_an_adapter_that_merges_from_elsewhe
     caplog.set_level("INFO")
     main(["fit", "--trainer.accelerator=cpu", "--trainer.max_steps=2", "--trainer.log_every_n_steps=1",
           "--trainer.default_root_dir=run", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-          "--trainer.logger.save_dir=run", "--trainer.callbacks+=lit_align.callbacks.save_adapter.SaveAdapter",
+          "--trainer.logger.save_dir=run", "--trainer.callbacks+=lit_align.callbacks.SaveHFModel",
           "--model.objective=lit_align.objectives.DPO", "--model.policy.path=base",
           '--model.policy.lora={"r": 4, "alpha": 8}', "--data=lit_align.data.PreferenceDataModule",
           "--data.path=pairs.jsonl", "--data.tokenizer=tok", "--data.batch_size=2", "--data.max_length=64",
           "--data.max_prompt_length=32", "--data.val_fraction=0.25"])
-    adapter = work / "run" / "lightning_logs" / "version_0" / "adapter"
+    adapter = work / "run" / "lightning_logs" / "version_0" / "hf_model"
     assert f"LoRA adapter written to {adapter}" in caplog.text
     assert "validation: held out 6 pairs (val_fraction=0.25 of the kept train pairs); training on 18" in caplog.text
     base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -251,8 +250,12 @@ def test_lora_run_from_relative_paths_writes_an_adapter_that_merges_from_elsewhe
     for tag in ("train/loss_step", "train/loss_epoch", "train/rewards/accuracies_epoch"):
         assert tag in header and tag in readme
     monkeypatch.chdir(tmp_path)
-    merged = merge_lora.merge(adapter, None, tmp_path / "merged")
-    assert (merged / "model.safetensors").is_file()
+    # the checkpoint keeps the paths as typed ("base", "tok"); the adapter's directory names its base absolutely
+    # and holds the run's tokenizer, so the merge works from anywhere
+    [checkpoint] = (adapter.parent / "checkpoints").glob("*.ckpt")
+    main(["export", f"--ckpt_path={checkpoint}", "--output_dir=merged", "--merge=true",
+          f'--policy={{"path": "{base}"}}', f"--tokenizer={adapter}"])
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
 def test_precompute_says_where_and_how_many_and_a_store_of_other_lengths_names_both(capsys, caplog, config, tmp_path):
@@ -340,3 +343,26 @@ def test_a_class_path_in_a_config_is_not_imported_before_it_is_validated(tmp_pat
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--model.objective=lit_align.objectives.DPOO", "did you mean lit_align.objectives.DPO?"),
+        ("--model.reference=lit_align.reference.FrozenCopi", "did you mean lit_align.reference.FrozenCopy?"),
+        ("--model.objectiv.beta=3", "unrecognized arguments: --model.objectiv.beta=3; did you mean "
+                                    "--model.objective.beta?"),
+        ("--data.batch_sise=3", "data: Option 'batch_sise' is not accepted; did you mean --data.batch_size?"),
+        ("--model.objective.bta=3", "did you mean --model.objective.beta?"),
+    ],
+)
+def test_a_misspelt_class_path_or_key_gets_did_you_mean(capsys, config, override, expected):
+    assert user_error(capsys, "--config", str(config), override).endswith(expected)
+
+
+def test_help_lists_every_subcommand_export_included(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in ("fit", "validate", "test", "predict", "precompute"))
+    assert "export: write a checkpoint's policy as a save_pretrained model (lit-align export --ckpt_path" in out

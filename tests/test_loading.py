@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import copy
 from collections import deque
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from lit_align.models.loading import UnitLoader, empty_base, load_base
+from lit_align.models.loading import UnitLoader, empty_base, empty_causal_lm, load_base, weight_files
 from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
 from tests.families import FAMILIES, build_family, family_batch
-
-RENAMED_ON_SAVE = {"gpt_neox"}
-"""Families whose ``save_pretrained`` writes a weight under another name than the model's (transformers 5 writes
-GPT-NeoX's ``lm_head`` as ``embed_out``): ``from_pretrained`` maps it back, so they load through it."""
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -30,6 +27,19 @@ def saved(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(request.param)
     build_family(request.param).save_pretrained(directory)
     return request.param, str(directory), AutoModelForCausalLM.from_pretrained(directory).eval()
+
+
+MAY_RENAME = {"gpt_neox"}
+"""The families whose saved weight names may differ from the model's; every other family is read weight by weight."""
+
+
+def renamed_on_save(path: str) -> bool:
+    """Whether ``save_pretrained`` wrote a weight under another name than the model's (recent transformers 5
+    releases write GPT-NeoX's ``lm_head`` as ``embed_out``): ``from_pretrained`` maps it back, so such a directory
+    loads through it."""
+    model = empty_causal_lm(PolicySpec(path=path))
+    files = weight_files(path)
+    return any(name not in files for name, _ in model.named_parameters())
 
 
 def assert_same_model(model: PreTrainedModel, expected: PreTrainedModel) -> None:
@@ -49,7 +59,8 @@ def assert_same_model(model: PreTrainedModel, expected: PreTrainedModel) -> None
 def test_read_whole_equals_from_pretrained(saved):
     family, path, expected = saved
     spec = PolicySpec(path=path)
-    assert (empty_base(spec) is None) == (family in RENAMED_ON_SAVE)  # else read weight by weight
+    assert not renamed_on_save(path) or family in MAY_RENAME
+    assert (empty_base(spec) is None) == renamed_on_save(path)  # else read weight by weight
     assert_same_model(load_base(spec), expected)
 
 
@@ -59,7 +70,7 @@ def test_read_unit_by_unit_equals_from_pretrained(saved):
     family, path, expected = saved
     model = load_base(PolicySpec(path=path), empty=True)
     empty = [parameter.is_meta for parameter in model.parameters()]
-    assert all(empty) if family not in RENAMED_ON_SAVE else not any(empty)  # (loaded: the loader has nothing to do)
+    assert all(empty) if not renamed_on_save(path) else not any(empty)  # (loaded: the loader has nothing to do)
     load = UnitLoader(model)
     load(model.get_output_embeddings())
     modules = deque([model])
@@ -93,3 +104,39 @@ def test_from_pretrained_arguments_are_left_to_it(tmp_path):
     build_family("llama").save_pretrained(tmp_path)
     assert empty_base(PolicySpec(path=str(tmp_path), extra={"attn_implementation": "eager"})) is not None
     assert empty_base(PolicySpec(path=str(tmp_path), extra={"revision": "main"})) is None
+
+
+def _fill_shards(rank: int, world_size: int, port: int, file: str, placements: list) -> None:
+    import torch.distributed as dist
+    from torch.distributed.tensor import distribute_tensor, empty, init_device_mesh
+
+    from lit_align.models.loading import _fill
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        mesh = init_device_mesh("cpu", (world_size,))
+        whole = torch.arange(35, dtype=torch.float32).reshape(5, 7)  # uneven on 2 processes in each dimension
+        for placement in placements:
+            parameter = empty(5, 7, device_mesh=mesh, placements=[placement])
+            _fill(parameter, Path(file), "weight")
+            expected = distribute_tensor(whole, mesh, [placement]).to_local()
+            assert torch.equal(parameter.to_local(), expected), (rank, placement)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_dtensor_shard_reads_its_own_block(tmp_path):
+    """``_fill`` reads each process's block of a weight from its offset (DTensor's chunk protocol, the public way
+    to ask a DTensor where its shard lies), for rows and columns sharded unevenly over two processes."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import save_file
+    from torch.distributed.tensor import Replicate, Shard
+
+    save_file({"weight": torch.arange(35, dtype=torch.float32).reshape(5, 7)}, tmp_path / "w.safetensors")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_fill_shards, args=(2, port, str(tmp_path / "w.safetensors"), [Shard(0), Shard(1), Replicate()]),
+             nprocs=2, join=True)

@@ -1,34 +1,32 @@
-"""LoRA through peft: the adapter is written alone, merged into the base by ``tools/merge_lora.py``, and the merged
-model (``from_pretrained``) gives the trained policy's logits."""
+"""LoRA through peft: the adapter is written alone (``SaveHFModel``), merged into the base by ``lit-align export
+--merge true``, and the merged model (``from_pretrained``) gives the trained policy's logits."""
 
 from __future__ import annotations
 
+import json
 import subprocess
-import sys
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from lit_align.callbacks.save_adapter import SaveAdapter
+from lit_align.callbacks import SaveHFModel
 from lit_align.models.policy import LoraSettings, PolicySpec, build_policy
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
 from tests.test_module import make_data, make_trainer
-
-MERGE = Path(__file__).resolve().parents[1] / "tools" / "merge_lora.py"
 
 
 def test_adapter_saved_alone_merges_into_a_loadable_model(tmp_path, model_dir, tokenizer_dir, explicit_file):
     spec = PolicySpec(path=model_dir, lora=LoraSettings(r=4, alpha=8))
     module = AlignmentModule(FDPO(), spec, optimizer=partial(torch.optim.AdamW, lr=1e-2))
     data = make_data(explicit_file, tokenizer_dir, val_fraction=0.0)
-    make_trainer(tmp_path, 4, callbacks=[SaveAdapter()], limit_val_batches=0).fit(module, data)
-
     adapter = tmp_path / "adapter"
+    trainer = make_trainer(tmp_path, 4, callbacks=[SaveHFModel(dirpath=str(adapter))], limit_val_batches=0)
+    trainer.fit(module, data)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
     assert {path.name for path in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
     with safe_open(adapter / "adapter_model.safetensors", framework="pt") as saved:
         names = list(saved.keys())
@@ -36,7 +34,9 @@ def test_adapter_saved_alone_merges_into_a_loadable_model(tmp_path, model_dir, t
     assert names and all("lora_" in name for name in names) and len(names) == len(lora)  # the adapter, alone
 
     merged = tmp_path / "merged"
-    result = subprocess.run([sys.executable, str(MERGE), "--adapter", str(adapter), "--output", str(merged)],
+    policy = json.dumps({"path": model_dir, "lora": {"r": 4, "alpha": 8}})  # a module built in Python: given again
+    result = subprocess.run(["lit-align", "export", "--ckpt_path", str(tmp_path / "last.ckpt"), "--output_dir",
+                             str(merged), "--merge", "true", "--policy", policy],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = AutoModelForCausalLM.from_pretrained(merged).eval()
@@ -51,10 +51,10 @@ def test_adapter_saved_alone_merges_into_a_loadable_model(tmp_path, model_dir, t
     assert (trained - base).abs().max() > 1e-3  # the adapter was trained: merging it changed the model
 
 
-def test_save_adapter_refuses_a_policy_without_lora(tmp_path, model_dir, tokenizer_dir, explicit_file):
+def test_merge_refuses_a_policy_without_lora(tmp_path, model_dir, tokenizer_dir, explicit_file):
     module = AlignmentModule(FDPO(), PolicySpec(path=model_dir))
-    with pytest.raises(ValueError, match="model.policy.lora"):
-        make_trainer(tmp_path, 1, callbacks=[SaveAdapter()]).fit(
+    with pytest.raises(ValueError, match="the policy has none"):
+        make_trainer(tmp_path, 1, callbacks=[SaveHFModel(merge=True)]).fit(
             module, make_data(explicit_file, tokenizer_dir, val_fraction=0.0))
 
 

@@ -13,8 +13,8 @@ from torch.nn.attention.flex_attention import create_block_mask, create_mask, fl
 
 from lit_align.data.collator import PairCollator
 from lit_align.data.packing import pack_pairs
-from lit_align.models.layout import pair_mask, pair_rule
-from lit_align.models.policy import LoraSettings, PolicySpec
+from lit_align.models.layout import attention_backend, packing_obstacle, pair_mask, pair_rule
+from lit_align.models.policy import LoraSettings, PolicySpec, build_policy
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO, FDPO, FPO, SFT, TDPO, Mixture, PairwiseObjective, SimPO
 from lit_align.objectives.shapes import LOSS_SHAPES
@@ -120,6 +120,15 @@ def _assert_same_inputs(packed, padded) -> None:
 
 CASES = [(family, lora, None) for family in FAMILIES for lora in (False, True)] + [("mistral", False, "eager")]
 """Each family with and without LoRA on its default backend (SDPA; eager for Gemma-2), and Mistral on eager."""
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_attention_backend_is_the_one_the_model_was_built_with(backend):
+    """``attention_backend``, the one reader of transformers' private ``config._attn_implementation``."""
+    policy = build_policy(PolicySpec(config=dict(model_type="llama", **TINY, **FAMILIES["llama"]),
+                                     extra={"attn_implementation": backend}))
+    assert attention_backend(policy.config) == backend
+    assert packing_obstacle(policy) is None
 
 
 @pytest.mark.parametrize(("family", "lora", "backend"), CASES)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lit_align.models.layout import attention_backend
 from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
@@ -51,14 +52,14 @@ def test_the_reference_takes_the_policys_dtype_and_extra(model_dir):
     policy = PolicySpec(path=model_dir, dtype="bfloat16", extra={"attn_implementation": "eager"})
     model = reference_of(policy, FrozenCopy(path=model_dir))
     assert model.dtype == torch.bfloat16
-    assert model.config._attn_implementation == "eager"
+    assert attention_backend(model.config) == "eager"
 
 
 def test_the_references_own_settings_win(model_dir):
     policy = PolicySpec(path=model_dir, dtype="bfloat16", extra={"attn_implementation": "eager"})
     model = reference_of(policy, FrozenCopy(path=model_dir, dtype="float32", extra={"attn_implementation": "sdpa"}))
     assert model.dtype == torch.float32
-    assert model.config._attn_implementation == "sdpa"
+    assert attention_backend(model.config) == "sdpa"
 
 
 def test_the_reference_takes_the_policys_trust_remote_code(model_dir, remote_dir):

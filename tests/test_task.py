@@ -24,7 +24,6 @@ from lit_align.objectives import DPO
 from lit_align.reference import FrozenCopy
 from lit_align.tasks import (
     ControlledTask,
-    ControlledTaskDataModule,
     ControlledTaskSettings,
     OracleRewardReport,
     SentimentOracle,
@@ -343,12 +342,6 @@ def test_data_module_serves_the_task_pairs(task):
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 8 and batch["response_mask"].any(-1).all()
     assert "source" not in dm.hparams and "settings" not in vars(dm)  # a Python object: kept out of checkpoints
-
-    with pytest.deprecated_call():  # the old class name still builds the same data module
-        old = ControlledTaskDataModule(workdir=str(task.workdir), task=TINY, batch_size=4, progress=False)
-    old.prepare_data()
-    old.setup("fit")
-    assert list(old.train_set["example_key"]) == list(dm.train_set["example_key"])
 
 
 def report_run(tmp_path, task, policy_dir, reference=None, **report_args):

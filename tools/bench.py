@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.common import peak_memory_mib, train_bpe_tokenizer
+from tools.common import peak_memory_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 HH_FILE = ROOT / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -101,6 +101,8 @@ def read_pairs(path: Path, limit: int | None = None) -> list[tuple[str, str, str
 
 
 def build_tokenizer(texts: list[str], vocab_size: int, target: Path) -> None:
+    from lit_align.tasks.tokenizer import train_bpe_tokenizer  # here: a run sets its threads before torch loads
+
     train_bpe_tokenizer(texts, vocab_size).save_pretrained(target)
 
 

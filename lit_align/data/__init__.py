@@ -2,7 +2,7 @@
 
 from lit_align.data.chat import ChatRenderer, split_row
 from lit_align.data.collator import PairCollator
-from lit_align.data.datamodule import PreferenceDataModule, load_rows
+from lit_align.data.datamodule import PreferenceDataModule
 from lit_align.data.layouts import BadRow, Layout, RowFormat
 from lit_align.data.report import describe_report
 from lit_align.data.sources import DataSource, Mixture, PairSource
@@ -22,6 +22,5 @@ __all__ = [
     "RowFormat",
     "TruncationMode",
     "describe_report",
-    "load_rows",
     "split_row",
 ]

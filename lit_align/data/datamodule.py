@@ -3,6 +3,7 @@ batched for alignment."""
 
 from __future__ import annotations
 
+import inspect
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,6 @@ import lightning as L
 import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets
 from jsonargparse.typing import NonNegativeInt, PositiveInt
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -25,15 +25,11 @@ from lit_align.data.sampler import TrainOrder
 from lit_align.data.sources import DataSource, PairSource
 from lit_align.data.tokenize import OK, LengthSettings, PairTokenizer, TruncationMode
 from lit_align.errors import ConfigError
+from lit_align.hyperparameters import save_plain_hyperparameters
 from lit_align.paths import resolve_local_or_hub
 from lit_align.validation import HoldOutFraction, require_counts
 
 PAIR_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "example_key"]
-
-
-def load_rows(path: str, split: str = "train") -> Dataset:
-    """Raw rows of a file, a directory or a dataset name (see :class:`~lit_align.data.sources.DataSource`)."""
-    return DataSource(path, split).load()[0]
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -119,8 +115,7 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError(f"group_by_length must be >= 0 (0 turns it off), got group_by_length={group_by_length}")
         if (path is None) == (source is None):
             raise ValueError("give the data as path (a file, directory or dataset name) or as source, not both")
-        built_by_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=[] if built_by_cli or source is None else ["source"])
+        save_plain_hyperparameters(self, inspect.currentframe())  # a source built in Python is left out
         loading = dict(row_format=row_format, columns=columns, skip_bad_lines=skip_bad_lines)
         hub = dict(name=name, data_dir=data_dir, data_files=data_files, revision=revision)
         self.source = source or DataSource(path, split, **hub, **loading)

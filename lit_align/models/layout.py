@@ -34,6 +34,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+from transformers import PretrainedConfig
 
 from lit_align.data.packing import CHOSEN, REJECTED
 
@@ -48,13 +49,24 @@ ONE_MASK = {"llama", "mistral"}
 """Families whose decoder uses one mask for every layer (Mistral's sliding window applied to it here)."""
 
 
+def attention_backend(config: PretrainedConfig) -> str | None:
+    """The attention implementation a model built from ``config`` runs (``"sdpa"``, ``"eager"``,
+    ``"flex_attention"``, ...): what ``attn_implementation`` asked for, or what ``from_pretrained`` chose.
+
+    transformers has no public reader for it (``set_attn_implementation`` writes it, nothing reads it back), so
+    this is the one place that reads the private ``config._attn_implementation``; ``tests/test_packing.py``
+    checks it against the backend a model was loaded with.
+    """
+    return config._attn_implementation
+
+
 def packing_obstacle(model: nn.Module) -> str | None:
     """Why ``model`` cannot run the packed layout exactly, or ``None`` when it can."""
     config = model.config
     family = config.model_type
     if family not in MASK_BY_LAYER_TYPE | ONE_MASK:
         return f"the packed layout is verified for {sorted(MASK_BY_LAYER_TYPE | ONE_MASK)}, not {family!r}"
-    backend = config._attn_implementation
+    backend = attention_backend(config)
     if backend not in MASK_BACKENDS:
         return f"attention backend {backend!r} takes no custom 4D mask (packing runs on {list(MASK_BACKENDS)})"
     return None
@@ -133,7 +145,7 @@ def pair_mask(packed: dict[str, Tensor], window: int | None = None) -> Tensor:
 def _backend_mask(packed: dict[str, Tensor], window: int | None, model: nn.Module) -> Tensor | BlockMask:
     """SDPA takes the boolean mask, eager attention adds it to the scores (0 or the dtype's minimum),
     FlexAttention takes it as a ``BlockMask``."""
-    backend = model.config._attn_implementation
+    backend = attention_backend(model.config)
     if backend == "flex_attention":
         rows, length = packed["pair_index"].shape
         return create_block_mask(pair_rule(packed, window), rows, None, length, length,

@@ -31,7 +31,6 @@ from accelerate import init_empty_weights
 from safetensors import safe_open
 from torch import nn
 from torch.distributed.tensor import DTensor
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from lit_align.errors import ConfigError
@@ -200,8 +199,10 @@ class UnitLoader:
 def _fill(parameter: torch.Tensor, file: Path, name: str) -> None:
     """Copy this process's rows of weight ``name`` from ``file`` into ``parameter`` (a DTensor shard or whole)."""
     if isinstance(parameter, DTensor):
-        shape, offset = compute_local_shape_and_global_offset(parameter.shape, parameter.device_mesh,
-                                                              parameter.placements)
+        # DTensor's chunk protocol (torch.distributed.checkpoint reads any tensor-like object through it): the
+        # offset and size of this process's block of the global weight.
+        [chunk] = parameter.__create_chunk_list__()
+        shape, offset = tuple(chunk.sizes), tuple(chunk.offsets)
         local = parameter.to_local()
     else:
         shape, offset, local = tuple(parameter.shape), (0,) * parameter.dim(), parameter

@@ -2,7 +2,7 @@
 SFT reference and oracle-labelled preference pairs, built in cached stages (see :mod:`pipeline`)."""
 
 from lit_align.eval.generation import response_logps, sample_continuations
-from lit_align.tasks.datamodule import ControlledTask, ControlledTaskDataModule
+from lit_align.tasks.datamodule import ControlledTask
 from lit_align.tasks.oracle import SentimentOracle, sentiment_score
 from lit_align.tasks.pipeline import ControlledTaskSettings, TaskArtifacts, build_controlled_task
 from lit_align.tasks.report import OracleRewardReport
@@ -10,7 +10,6 @@ from lit_align.tasks.sft import SFTSettings, TinyLlamaSettings
 
 __all__ = [
     "ControlledTask",
-    "ControlledTaskDataModule",
     "ControlledTaskSettings",
     "OracleRewardReport",
     "SFTSettings",

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-from jsonargparse.typing import PositiveInt
-
-from lit_align.data.datamodule import PreferenceDataModule
 from lit_align.data.sources import DataSource, PairSource
-from lit_align.data.tokenize import TruncationMode
 from lit_align.tasks.pipeline import ControlledTaskSettings, TaskArtifacts, build_controlled_task
 
 
@@ -63,31 +58,3 @@ class ControlledTask(PairSource):
     def validation(self) -> DataSource:
         return DataSource(str(self.artifacts.val_pairs_path), row_format="explicit")
 
-
-def ControlledTaskDataModule(  # noqa: N802 - the deprecated class name, kept importable
-    workdir: str = "runs/controlled_task",
-    task: ControlledTaskSettings | None = None,
-    max_length: PositiveInt = 128,
-    max_prompt_length: PositiveInt = 32,
-    truncation_mode: TruncationMode = "keep_end",
-    batch_size: PositiveInt = 32,
-    eval_batch_size: PositiveInt | None = None,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> PreferenceDataModule:
-    """Deprecated: ``PreferenceDataModule(source=ControlledTask(workdir, task, progress), ...)`` with the task's
-    length defaults, as this class used to be."""
-    warnings.warn(
-        "ControlledTaskDataModule is deprecated; use PreferenceDataModule(source=ControlledTask(...))",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return PreferenceDataModule(
-        source=ControlledTask(workdir, task, progress),
-        max_length=max_length,
-        max_prompt_length=max_prompt_length,
-        truncation_mode=truncation_mode,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        num_workers=num_workers,
-    )

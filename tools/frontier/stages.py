@@ -14,7 +14,7 @@ from pathlib import Path
 from lit_align.tasks.pipeline import TaskArtifacts
 from lit_align.tasks.sft import train_sft
 from lit_align.tasks.stages import read_marker, run_stage
-from tools.common import train_bpe_tokenizer
+from lit_align.tasks.tokenizer import train_bpe_tokenizer
 from tools.frontier.settings import REPO, HHSettings, SAESettings
 
 
