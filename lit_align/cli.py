@@ -17,12 +17,15 @@ from lit_align.export import export_checkpoint
 from lit_align.module import AlignmentModule
 from lit_align.paths import local_path
 from lit_align.reference.store import STORE_FILE, OfflineStore
+from lit_align.shipped_configs import configs_command, with_shipped_configs
 from lit_align.suggest import with_suggestions
 from lit_align.trainer import AlignmentTrainer
 
 _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
 EXPORT_EPILOG = ("export: write a checkpoint's policy as a save_pretrained model (lit-align export --ckpt_path CKPT "
-                 "--output_dir DIR [--merge true] [--dtype bfloat16]; lit-align export --help)")
+                 "--output_dir DIR [--merge true] [--dtype bfloat16]; lit-align export --help). configs: list the "
+                 "shipped configs (lit-align configs; lit-align configs copy NAME [DEST]); --config takes a shipped "
+                 "config's name (--config quickstart)")
 DEBUG_EPILOG = "--debug (or LIT_ALIGN_DEBUG=1): show an error's traceback, not its one line"
 
 
@@ -97,9 +100,13 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _run(args: list[str] | None) -> None:
-    given = sys.argv[1:] if args is None else args
+    given = with_shipped_configs(sys.argv[1:] if args is None else args)
+    args = given if args is not None else None
+    sys.argv[1:] = given if args is None else sys.argv[1:]
     if given[:1] == ["export"]:
         auto_cli(export_checkpoint, args=given[1:], as_positional=False)
+    elif given[:1] == ["configs"]:
+        configs_command(given[1:])
     elif _names_thought_model(given):
         from lit_align.thinker.cli import run_thinker
 
