@@ -55,3 +55,22 @@ def test_a_tiny_beta_and_more_processes_than_cores_are_one_warning_each(tmp_path
     assert result.stderr.count("model.objective.beta=0.0001: the loss -log σ(β · margin) stays within 0.05 of ln 2 "
                                "until the log-ratio margin passes 1000 nats") == 1
     assert result.stderr.count(f"trainer.devices={cores + 1} CPU processes on a machine with {cores} cores") == 1
+
+
+def test_most_pairs_truncated_and_duplicates_are_one_warning_each(tmp_path, model_dir, tokenizer_dir, explicit_file):
+    rows = explicit_file.read_text().splitlines(keepends=True)
+    explicit_file.write_text("".join(rows * 4))  # every pair 4 times
+    result = fit(tmp_path, model_dir, tokenizer_dir, explicit_file, "--trainer.max_steps=1", "--data.max_length=8",
+                 "--data.max_prompt_length=4", "--data.val_fraction=0.25")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train: 96 of 96 kept pairs (100%) were cut to fit data.max_length=8 (prompts to " \
+           "data.max_prompt_length=4); raise them, or the run trains on cut pairs" in result.stderr
+    result = fit(tmp_path, model_dir, tokenizer_dir, explicit_file, "--trainer.max_steps=1",
+                 "--data.val_fraction=0.25")
+    assert "train: 72 of 96 pairs repeat another pair; they weigh more in training" in result.stderr
+    assert "held-out pairs that are copies of training pairs" in result.stderr and "were cut" not in result.stderr
+    result = fit(tmp_path, model_dir, tokenizer_dir, explicit_file, "--trainer.max_steps=1",
+                 "--data.drop_duplicates=true", "--data.val_fraction=0.25")
+    assert "train: dropped 72 duplicate pairs of 96 (drop_duplicates)" in result.stderr
+    assert "held-out pairs that are copies" not in result.stderr and "were cut to fit" not in result.stderr
+    assert "validation: held out 6 pairs (val_fraction=0.25 of the kept train pairs); training on 18" in result.stderr

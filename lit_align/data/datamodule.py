@@ -19,8 +19,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_align.data.chat import resolve_chat_template
 from lit_align.data.collator import PairCollator
+from lit_align.data.duplicates import deduplicated, without_training_pairs
 from lit_align.data.layouts import Layout
-from lit_align.data.report import Report, describe_report, tally
+from lit_align.data.report import Report, describe_report, tally, warn_if_mostly_truncated
 from lit_align.data.sampler import TrainOrder
 from lit_align.data.sources import DataSource, PairSource
 from lit_align.data.tokenize import OK, LengthSettings, PairTokenizer, TruncationMode
@@ -75,6 +76,8 @@ class PreferenceDataModule(L.LightningDataModule):
             (:mod:`lit_align.data.packing`; the module runs it with ``AlignmentModule(packing=True)``): a batch's
             pairs go into ``ceil(tokens / pack_row_tokens)`` nearly equal rows, so that attention, whose cost per
             token grows with the row, stays cheap; ``None`` puts every batch in one row.
+        drop_duplicates: keep each repeated pair once (repeats are counted and warned of either way; a held-out
+            pair is never a copy of a training pair, :mod:`lit_align.data.duplicates`).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class PreferenceDataModule(L.LightningDataModule):
         system_prompt: str | None = None,
         num_proc: PositiveInt | None = None,
         pack_row_tokens: PositiveInt | None = 512,
+        drop_duplicates: bool = False,
     ) -> None:
         super().__init__()
         require_counts(**{"data.batch_size": batch_size, "data.eval_batch_size": eval_batch_size})
@@ -235,7 +239,7 @@ class PreferenceDataModule(L.LightningDataModule):
                     "split; change val_fraction or give val_path"
                 ) from error
             train_parts.append(split["train"])
-            val_parts.append(split["test"])
+            val_parts.append(without_training_pairs(split["test"], split["train"]))
         train = self.source.mix(train_parts)
         if self.val_source is not None:
             return train, self._tokenise("validation", self.val_source)
@@ -258,7 +262,8 @@ class PreferenceDataModule(L.LightningDataModule):
         if len(kept) == 0:
             description = describe_report(name, self.report[name], repr(source))
             raise ValueError(f"no usable pairs in the {name} data: {description}")
-        return kept
+        warn_if_mostly_truncated(name, self.report[name], self.lengths)
+        return deduplicated(kept, name, self.hparams.drop_duplicates)
 
 
 def pair_lengths(pairs: Dataset) -> list[int]:
