@@ -5,11 +5,12 @@ Updating them reads nothing back to the host, so logging adds no device synchron
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lit_align.objectives.base import ObjectiveOutput
+from lit_align.objectives.base import ObjectiveOutput, PreferenceInputs
 
 
 def pair_metrics(output: ObjectiveOutput, chosen_logps: Tensor, rejected_logps: Tensor) -> dict[str, Tensor]:
@@ -60,3 +61,14 @@ class MetricBank(nn.Module):
             self.means[key](value)
             updated[name] = (self.means[key], f"means.{key}")
         return updated
+
+
+def log_pair_metrics(module: L.LightningModule, stage: str, bank: MetricBank, output: ObjectiveOutput,
+                     inputs: PreferenceInputs) -> None:
+    """Log a step's per-pair metrics (:func:`pair_metrics`) as ``{stage}/{name}``, averaged by ``bank``'s means
+    over micro-batches and processes; per step (training) and per epoch."""
+    values = pair_metrics(output, inputs.policy_chosen_logps, inputs.policy_rejected_logps)
+    for name, (metric, attribute) in bank(values).items():
+        module.log(f"{stage}/{name}", metric, metric_attribute=f"{stage}_metrics.{attribute}",
+                   on_step=stage == "train", on_epoch=True, prog_bar=name in ("loss", "rewards/accuracies"),
+                   batch_size=len(output.losses))

@@ -8,13 +8,11 @@ objective it runs, and the objective does not know it is inside Lightning.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
 import lightning as L
-import torch
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
@@ -23,7 +21,7 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from lit_align.errors import ConfigError
 from lit_align.hyperparameters import save_plain_hyperparameters
-from lit_align.metrics import MetricBank, pair_metrics
+from lit_align.metrics import MetricBank, log_pair_metrics
 from lit_align.models.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
 from lit_align.models.loading import UnitLoader, is_empty
 from lit_align.models.logprobs import sequence_logps
@@ -34,16 +32,8 @@ from lit_align.objectives.base import Need, Objective, ObjectiveOutput, Preferen
 from lit_align.reference import FrozenCopy, OnlineReference, ReferenceProvider
 from lit_align.reference.default import default_reference
 from lit_align.reference.precompute import reference_columns
-from lit_align.schedule import Schedule
+from lit_align.schedule import Schedule, default_optimizer, optimization
 from lit_align.validation import check_vocabulary, require_counts
-
-WEIGHT_DECAY = 0.0
-"""The one default weight decay (as TRL's ``DPOConfig`` and the DPO reference code): the shipped configs name it."""
-
-
-def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW at lr 5e-6 without weight decay (:data:`WEIGHT_DECAY`)."""
-    return torch.optim.AdamW(params, lr=5e-6, weight_decay=WEIGHT_DECAY)
 
 
 class AlignmentModule(L.LightningModule):
@@ -238,12 +228,12 @@ class AlignmentModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         inputs = self.preference_inputs(batch)
         output = self.objective(inputs)
-        self._log_metrics("train", self.train_metrics, output, inputs)
+        log_pair_metrics(self, "train", self.train_metrics, output, inputs)
         return output.loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         inputs = self.preference_inputs(batch)
-        self._log_metrics("val", self.val_metrics, self.objective(inputs), inputs)
+        log_pair_metrics(self, "val", self.val_metrics, self.objective(inputs), inputs)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Reference log-probs of each pair, and its pooled SAE features when the objective reads them (sparse),
@@ -251,25 +241,5 @@ class AlignmentModule(L.LightningModule):
         return reference_columns(self.reference, self.pair_view(batch), self.feature_extractor)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(p for p in self.policy.parameters() if p.requires_grad)
-        if self.schedule is not None:
-            scheduler = self.schedule.build(optimizer, self.trainer.estimated_stepping_batches)
-        elif self.scheduler_factory is not None:
-            scheduler = self.scheduler_factory(optimizer)
-        else:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _log_metrics(self, stage: str, bank: MetricBank, output: ObjectiveOutput, inputs: PreferenceInputs) -> None:
-        values = pair_metrics(output, inputs.policy_chosen_logps, inputs.policy_rejected_logps)
-        batch_size = len(output.losses)
-        for name, (metric, attribute) in bank(values).items():
-            self.log(
-                f"{stage}/{name}",
-                metric,
-                metric_attribute=f"{stage}_metrics.{attribute}",
-                on_step=stage == "train",
-                on_epoch=True,
-                prog_bar=name in ("loss", "rewards/accuracies"),
-                batch_size=batch_size,
-            )
+        return optimization((p for p in self.policy.parameters() if p.requires_grad), self.optimizer_factory,
+                            self.schedule, self.scheduler_factory, self.trainer.estimated_stepping_batches)

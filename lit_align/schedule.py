@@ -1,4 +1,5 @@
-"""The learning-rate schedule: linear warmup, then cosine, linear or constant, sized from the run's length.
+"""The optimizer and the learning-rate schedule: AdamW without weight decay by default; linear warmup, then cosine,
+linear or constant, sized from the run's length.
 
 transformers' schedule functions do the arithmetic (``get_scheduler``: ``cosine``, ``linear``,
 ``constant_with_warmup``), so a run here follows the same curve as one of TRL's or the HF ``Trainer``'s with the
@@ -14,13 +15,18 @@ accounts for ``max_steps``/``max_epochs``, gradient accumulation and the number 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
+WEIGHT_DECAY = 0.0
+"""The one default weight decay (as TRL's ``DPOConfig`` and the DPO reference code): the shipped configs name it."""
 TRANSFORMERS_NAMES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
@@ -60,3 +66,22 @@ class Schedule:
         warmup, total = self.steps(stepping_batches)
         return get_scheduler(TRANSFORMERS_NAMES[self.decay], optimizer, num_warmup_steps=warmup,
                              num_training_steps=total)
+
+
+def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW at lr 5e-6 without weight decay (:data:`WEIGHT_DECAY`)."""
+    return torch.optim.AdamW(params, lr=5e-6, weight_decay=WEIGHT_DECAY)
+
+
+def optimization(params: Iterable[nn.Parameter], optimizer: Callable[..., Optimizer], schedule: Schedule | None,
+                 scheduler: Callable[[Optimizer], Any] | None, stepping_batches: float) -> Any:
+    """What ``configure_optimizers`` returns: the optimizer over ``params`` and, with ``schedule`` (or any
+    ``scheduler`` factory), its learning-rate scheduler stepped every optimizer step."""
+    built = optimizer(params)
+    if schedule is not None:
+        stepped = schedule.build(built, stepping_batches)
+    elif scheduler is not None:
+        stepped = scheduler(built)
+    else:
+        return built
+    return {"optimizer": built, "lr_scheduler": {"scheduler": stepped, "interval": "step"}}

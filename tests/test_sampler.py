@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from lit_align.data import PreferenceDataModule
-from lit_align.data.datamodule import pair_lengths
-from lit_align.data.sampler import TrainOrder, length_grouped
+from lit_align.data.sampler import TrainOrder, length_grouped, pair_lengths
 from tests.conftest import write_jsonl
 
 

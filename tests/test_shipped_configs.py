@@ -3,6 +3,7 @@ folder, ``lit-align configs`` lists them and ``lit-align configs copy`` copies o
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,8 +17,12 @@ def lit_align(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def test_the_wheel_holds_the_configs(tmp_path):
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(ROOT / "lit_align", source / "lit_align", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=TIMEOUT)
+                    str(tmp_path), str(source)], check=True, capture_output=True, timeout=TIMEOUT)
     (wheel,) = tmp_path.glob("lit_align-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {f"lit_align/configs/{path.relative_to(ROOT / 'configs').as_posix()}"

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.utilities import rank_zero_info
@@ -19,18 +18,17 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_align.data.chat import resolve_chat_template
 from lit_align.data.collator import PairCollator
-from lit_align.data.duplicates import deduplicated, without_training_pairs
+from lit_align.data.duplicates import deduplicated, held_out_split
 from lit_align.data.layouts import Layout
-from lit_align.data.report import Report, describe_report, tally, warn_if_mostly_truncated
-from lit_align.data.sampler import TrainOrder
+from lit_align.data.pairs import usable_pairs
+from lit_align.data.report import Report, describe_report, warn_if_mostly_truncated
+from lit_align.data.sampler import TrainOrder, pair_lengths
 from lit_align.data.sources import DataSource, PairSource
-from lit_align.data.tokenize import OK, LengthSettings, PairTokenizer, TruncationMode
+from lit_align.data.tokenize import LengthSettings, PairTokenizer, TruncationMode
 from lit_align.errors import ConfigError
 from lit_align.hyperparameters import save_plain_hyperparameters
 from lit_align.paths import resolve_local_or_hub
 from lit_align.validation import HoldOutFraction, require_counts
-
-PAIR_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "example_key"]
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -231,43 +229,17 @@ class PreferenceDataModule(L.LightningDataModule):
             if self.val_source is not None or hp.val_fraction == 0:
                 train_parts.append(pairs)
                 continue
-            try:  # datasets refuses a split that would leave either side empty
-                split = pairs.train_test_split(test_size=hp.val_fraction, seed=hp.seed)
-            except ValueError as error:
-                raise ValueError(
-                    f"val_fraction={hp.val_fraction} of {len(pairs)} usable pairs of {part!r} leaves an empty "
-                    "split; change val_fraction or give val_path"
-                ) from error
-            train_parts.append(split["train"])
-            val_parts.append(without_training_pairs(split["test"], split["train"]))
+            train, held_out = held_out_split(pairs, hp.val_fraction, hp.seed, repr(part))
+            train_parts.append(train)
+            val_parts.append(held_out)
         train = self.source.mix(train_parts)
         if self.val_source is not None:
             return train, self._tokenise("validation", self.val_source)
         return train, (concatenate_datasets(val_parts) if val_parts else None)
 
     def _tokenise(self, name: str, source: DataSource) -> Dataset:
-        rows, bad_lines = source.load()
-        if len(rows) == 0:
-            raise ValueError(f"the {name} data at {source!r} has no rows")
-        tokenised = rows.map(
-            PairTokenizer(self.tokenizer, source.row_format, self.lengths, self.hparams.system_prompt),
-            batched=True,
-            remove_columns=rows.column_names,
-            num_proc=self.hparams.num_proc,
-            desc=f"Tokenising {name} pairs",
-        )
-        self.report[name], self._labels[name] = tally(tokenised, bad_lines), repr(source)
-        kept = tokenised.filter(lambda status: status == OK, input_columns="status", num_proc=self.hparams.num_proc)
-        kept = kept.select_columns(PAIR_COLUMNS)
-        if len(kept) == 0:
-            description = describe_report(name, self.report[name], repr(source))
-            raise ValueError(f"no usable pairs in the {name} data: {description}")
+        tokenizer = PairTokenizer(self.tokenizer, source.row_format, self.lengths, self.hparams.system_prompt)
+        kept, self.report[name] = usable_pairs(name, source, tokenizer, self.hparams.num_proc)
+        self._labels[name] = repr(source)
         warn_if_mostly_truncated(name, self.report[name], self.lengths)
         return deduplicated(kept, name, self.hparams.drop_duplicates)
-
-
-def pair_lengths(pairs: Dataset) -> list[int]:
-    """Each pair's padded length in a batch: its prompt plus the longer of its two responses."""
-    table = pairs.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).with_format("arrow")[:]
-    prompt, chosen, rejected = (pc.list_value_length(table[name]) for name in table.column_names)
-    return pc.add(prompt, pc.max_element_wise(chosen, rejected)).to_pylist()

@@ -1,4 +1,4 @@
-"""Duplicate pairs: counted, dropped when asked, and never held out against their own copy.
+"""Duplicate pairs: counted, dropped when asked, and never held out against their own copy (the held-out split).
 
 Two pairs are the same when their token ids are (their ``example_key``, a hash of prompt, chosen and rejected ids).
 A file that repeats pairs weighs them more in training, and a validation split drawn from it holds copies of
@@ -27,6 +27,17 @@ def deduplicated(pairs: Dataset, name: str, drop: bool) -> Dataset:
     rank_zero_warn(f"{name}: {repeats} of {len(keys)} pairs repeat another pair; they weigh more in training "
                    "(data.drop_duplicates=true keeps each once)")
     return pairs
+
+
+def held_out_split(pairs: Dataset, fraction: float, seed: int, part: str) -> tuple[Dataset, Dataset]:
+    """``pairs`` split into training and held-out pairs (``fraction`` held out, seeded), the held-out ones less
+    any copy of a training pair; a split that leaves either side empty is a clear error."""
+    try:  # datasets refuses a split that would leave either side empty
+        split = pairs.train_test_split(test_size=fraction, seed=seed)
+    except ValueError as error:
+        raise ValueError(f"val_fraction={fraction} of {len(pairs)} usable pairs of {part} leaves an empty split; "
+                         "change val_fraction or give val_path") from error
+    return split["train"], without_training_pairs(split["test"], split["train"])
 
 
 def without_training_pairs(held_out: Dataset, train: Dataset) -> Dataset:

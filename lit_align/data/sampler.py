@@ -14,7 +14,9 @@ import math
 from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
+import pyarrow.compute as pc
 import torch
+from datasets import Dataset
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler
 
@@ -123,3 +125,10 @@ def length_grouped(
     longest = max(range(len(shuffled)), key=lambda b: lengths[shuffled[b][0]])
     shuffled.insert(0, shuffled.pop(longest))
     return [i for group in shuffled + tail for i in group]
+
+
+def pair_lengths(pairs: Dataset) -> list[int]:
+    """Each pair's padded length in a batch: its prompt plus the longer of its two responses."""
+    table = pairs.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).with_format("arrow")[:]
+    prompt, chosen, rejected = (pc.list_value_length(table[name]) for name in table.column_names)
+    return pc.add(prompt, pc.max_element_wise(chosen, rejected)).to_pylist()
