@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentError
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -42,8 +41,9 @@ def run_entry(entry: Callable[[list[str] | None], None], args: list[str] | None 
     """Run a console entry (``lit-align``, ``lit-align-thinker``) on ``args`` (``None``: ``sys.argv``). A wrong
     setting ends in one line on stderr, ``error: <key>=<value>: <expected>``, and exit status 2; bad input that
     lit-align itself refuses (a data file, a store) in one line ``error: <message>`` and exit status 1.
-    ``--debug`` (or ``LIT_ALIGN_DEBUG=1``) shows the traceback instead; any other exception (a bug, a library's
-    own failure) keeps its traceback."""
+    ``--debug`` (or ``LIT_ALIGN_DEBUG=1``) shows the traceback instead. An exception raised while handling one of
+    these (a distributed peer that exited on the same refusal, failing the teardown's collective) is that line
+    too; any other exception (a bug, a library's own failure) keeps its traceback."""
     given = sys.argv[1:] if args is None else list(args)
     debug = "--debug" in given or os.environ.get("LIT_ALIGN_DEBUG", "") not in ("", "0")
     if args is None:  # LightningCLI warns when it is given args while sys.argv holds some too
@@ -52,7 +52,7 @@ def run_entry(entry: Callable[[list[str] | None], None], args: list[str] | None 
         args = [arg for arg in given if arg != "--debug"]
     try:
         entry(args)
-    except (ArgumentError, ValueError, FileNotFoundError, MisconfigurationException) as error:
+    except Exception as error:  # lit-align's own refusal, or one behind a failure it caused (a peer's teardown)
         if debug:
             raise
         if (cause := find_config_error(error)) is not None or isinstance(error, ArgumentError):
