@@ -1,10 +1,12 @@
 """Every log-prob path reproduces ``log_softmax(model(**inputs).logits)`` in every verified family.
 
-Per family (tests/families.py: tiny fp32 configs with each family's post-head transform switched on and a large
-head), with and without a LoRA adapter (random ``lora_B`` once the references are taken, so the adapter changes
-the output): the policy's response log-probs, each online reference's (FrozenCopy, DisabledAdapter), the
-token-level KL and the SAE residual hook, against a naive computation from the model's own forward; evaluation
-scoring in the families with a post-head transform; and the configure-time refusal of an unknown transform.
+The families are the registry's (:mod:`lit_align.models.families`); a new one is an entry there and a row in
+``tests/families.py``. Per family (tiny fp32 configs with each family's post-head transform switched on and a
+large head), with and without a LoRA adapter (random ``lora_B`` once the references are taken, so the adapter
+changes the output): the policy's response log-probs, each online reference's (FrozenCopy, DisabledAdapter), the
+token-level KL, the offline store's columns (what ``lit-align precompute`` writes) and the SAE residual hook,
+against a naive computation from the model's own forward; evaluation scoring in the families with a post-head
+transform; the configure-time refusal of an unknown transform, and of the families refused by name.
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ from torch import Tensor
 from transformers import AutoTokenizer
 
 from lit_align.eval.generation import score_responses
+from lit_align.models import families, head
+from lit_align.models.families import REFUSED
 from lit_align.models.head import VERIFIED_MODEL_TYPES, check_output_head, hidden_through_forward
 from lit_align.models.logprobs import sequence_logps
 from lit_align.models.policy import PolicySpec, build_policy, final_hidden, lm_head, load_causal_lm
 from lit_align.models.token_kl import sequence_logps_and_kl
 from lit_align.reference import DisabledAdapter, FrozenCopy
+from lit_align.reference.precompute import reference_columns
 from lit_align.sae import residual_stream
-from tests.families import FAMILIES, POST_HEAD_FAMILIES, build_family, family_batch
+from tests.families import (
+    FAMILIES,
+    MAMBA_FAMILIES,
+    NOT_ONE_RESIDUAL,
+    POST_HEAD_FAMILIES,
+    build_family,
+    family_batch,
+)
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 CASES = [(family, lora) for family in FAMILIES for lora in (False, True)]
@@ -30,8 +42,11 @@ IDS = [f"{family}-{'lora' if lora else 'full'}" for family, lora in CASES]
 
 
 def with_lora(model):
-    """``model`` with a fresh LoRA adapter on every linear layer (``lora_B`` zero: no change yet)."""
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    """``model`` with a fresh LoRA adapter on every linear layer (``lora_B`` zero: no change yet); a Mamba layer's
+    ``out_proj`` is left alone, as peft asks."""
+    exclude = ["out_proj"] if model.config.model_type in MAMBA_FAMILIES else None
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", exclude_modules=exclude,
+                        task_type="CAUSAL_LM")
     return get_peft_model(model, config).eval()
 
 
@@ -131,11 +146,16 @@ def test_online_references_and_token_kl(family, lora):
         expected_kl = naive_seq_kl(expected_policy, expected_ref, batch)
         assert expected_kl.sum() > 1e-3  # far above the tolerance: a KL of zero would fail
         close(result.seq_kl.detach(), expected_kl)
+        columns = reference_columns(reference, dict(batch, example_key=torch.tensor([7, 7])))  # the store's rows
+        expected_store = naive_sequence_logps(expected_ref, batch)
+        close(torch.stack([columns["chosen_logps"], columns["rejected_logps"]]).flatten(), expected_store)
 
 
 @pytest.mark.parametrize(("family", "lora"), CASES, ids=IDS)
 def test_sae_hook_captures_the_layer_output(family, lora):
     """The residual at layer 0 is ``output_hidden_states``' entry for it (index 1), on valid positions."""
+    if family in NOT_ONE_RESIDUAL:
+        pytest.skip(f"{family}: {NOT_ONE_RESIDUAL[family]}")
     policy, batch = policy_for(family, lora), family_batch()
     ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     valid = attention_mask.bool()
@@ -167,15 +187,31 @@ def test_evaluation_scoring(family, tokenizer_dir):
     close(score_responses(model, tokenizer, prompts, responses), torch.stack(expected))
 
 
-def test_an_unknown_post_head_transform_is_refused_naming_the_family():
-    spec = PolicySpec(config={"model_type": "vaultgemma", **FAMILIES["gemma2"]})
+def without_entry(monkeypatch, family: str) -> None:
+    """Drop ``family``'s registry entry, as for a family lit-align has no entry for."""
+    monkeypatch.delitem(families.FAMILIES, family)
+    monkeypatch.setattr(head, "VERIFIED_MODEL_TYPES", VERIFIED_MODEL_TYPES - {family})
+
+
+def test_an_unknown_post_head_transform_is_refused_naming_the_family(monkeypatch):
+    without_entry(monkeypatch, "vaultgemma")
+    spec = PolicySpec(config={"model_type": "vaultgemma", **FAMILIES["vaultgemma"]})
     with pytest.raises(ValueError, match="model_type 'vaultgemma'.*does not reproduce"):
         build_policy(spec)
 
 
-def test_on_the_meta_device_only_verified_families_pass():
+def test_on_the_meta_device_only_verified_families_pass(monkeypatch):
+    without_entry(monkeypatch, "vaultgemma")
     with torch.device("meta"):
         check_output_head(build_family("gemma2", head_scale=1.0))
-        unverified = load_causal_lm(PolicySpec(config={"model_type": "vaultgemma", **FAMILIES["gemma2"]}))
+        unverified = load_causal_lm(PolicySpec(config={"model_type": "vaultgemma", **FAMILIES["vaultgemma"]}))
     with pytest.raises(ValueError, match="'vaultgemma' on the meta device"):
         check_output_head(unverified)
+
+
+@pytest.mark.parametrize("family", sorted(REFUSED))
+def test_a_refused_family_is_refused_by_name_before_any_forward(family):
+    model = build_family("llama", head_scale=1.0)
+    model.config.model_type = family  # only the name is read: the refusal comes before the probe forward
+    with pytest.raises(ValueError, match=f"model_type '{family}' is refused: "):
+        check_output_head(model)

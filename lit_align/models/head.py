@@ -1,21 +1,18 @@
 """The output head of a causal LM: final hidden states to the logits the model's own ``forward`` returns.
 
-Several transformers families transform the logits after the LM head projection (transformers 5.24)::
+Several transformers families transform the logits around the LM head projection (``z ← z · logit_scale`` in
+Cohere, ``z / logits_scaling`` in Granite, ``cap · tanh(z / cap)`` in Gemma-2, ``hidden / logits_scaling``
+before the head in MiniCPM3, ...): each family's transform is data in its registry entry
+(:mod:`lit_align.models.families`), so ``lm_head(hidden)`` alone gives other log-probs than
+``log_softmax(model(...).logits)`` (on the tiny Gemma-2 of ``tests/families.py``, softcap 5, one response's
+−53.28 instead of −32.17). :class:`OutputHead` is the projection with the family's transform, and every
+log-prob path (policy, references, token KL, store, evaluation) goes through it.
 
-    gemma2, gemma3_text   z ← cap · tanh(z / cap)     cap = config.final_logit_softcapping (unset: none)
-    cohere                z ← z · config.logit_scale
-    granite               z ← z / config.logits_scaling
-
-so ``lm_head(hidden)`` alone gives other log-probs than ``log_softmax(model(...).logits)`` (on the tiny Gemma-2 of
-``tests/families.py``, softcap 5, one response's −53.28 instead of −32.17). :class:`OutputHead` is the projection
-followed by the family's transform, and every log-prob path (policy, references, token KL, store, evaluation) goes
-through it.
-
-:func:`check_output_head` refuses, when a model is configured, a model whose ``model(...).logits`` this head does
-not reproduce: it runs one short forward and compares (so a family with a transform not listed here, or a
-config setting that changes the head, is refused naming its ``model_type``). A model without weights yet (on
-the meta device) cannot run that forward; it is accepted only if its family is one of
-:data:`VERIFIED_MODEL_TYPES`, those the test suite checks (``tests/test_families.py``).
+:func:`check_output_head` refuses, when a model is configured, a family the registry refuses by name, and a
+model whose ``model(...).logits`` this head does not reproduce: it runs one short forward and compares (so a
+family with a transform not in the registry, or a config setting that changes the head, is refused naming its
+``model_type``). A model without weights yet (on the meta device) cannot run that forward; it is accepted only
+if its family is one of :data:`VERIFIED_MODEL_TYPES`, those the test suite checks (``tests/test_families.py``).
 """
 
 from __future__ import annotations
@@ -27,57 +24,70 @@ from peft import PeftModel
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
+from lit_align.models.families import FAMILIES, REFUSED, VERIFIED_MODEL_TYPES
+
+__all__ = ["POST_HEAD", "VERIFIED_MODEL_TYPES", "OutputHead", "check_output_head", "final_hidden",
+           "hidden_through_forward", "output_head", "softcap"]
+
 
 def softcap(logits: Tensor, cap: float) -> Tensor:
     """``cap · tanh(z / cap)``, in the order of Gemma-2's forward."""
     return torch.tanh(logits / cap) * cap
 
 
-POST_HEAD: dict[str, tuple[str, Callable[[Tensor, float], Tensor]]] = {
-    "gemma2": ("final_logit_softcapping", softcap),
-    "gemma3_text": ("final_logit_softcapping", softcap),
-    "cohere": ("logit_scale", torch.mul),
-    "granite": ("logits_scaling", torch.div),
+OPERATIONS: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "multiply": torch.mul, "divide": torch.div, "softcap": softcap,
 }
-"""Per ``model_type``: the config attribute holding the transform's constant and the transform ``f(z, c)``."""
+"""Each :data:`~lit_align.models.families.Operation` as ``f(z, c)``."""
 
-VERIFIED_MODEL_TYPES = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo2", "gpt2", "gpt_neox", *POST_HEAD}
-)
-"""Families whose head path the test suite checks against ``model(...).logits``, with and without LoRA."""
+POST_HEAD: dict[str, tuple[str, Callable[[Tensor, float], Tensor]]] = {
+    name: (family.post_head.attribute, OPERATIONS[family.post_head.operation])
+    for name, family in FAMILIES.items()
+    if family.post_head is not None and not family.post_head.before_head and family.refused is None
+}
+"""Per ``model_type`` with a transform after the projection: its config attribute and ``f(z, c)`` (derived from
+the registry, :data:`lit_align.models.families.FAMILIES`)."""
 
 
 class OutputHead(nn.Module):
-    """Hidden states to logits: the model's output embeddings, then its family's post-head transform.
+    """Hidden states to logits: the model's output embeddings with its family's transform (after the projection,
+    or on the hidden states before it).
 
     Args:
         projection: the model's ``get_output_embeddings()``.
-        transform: ``f(z, constant)`` applied to the projected logits, or ``None``.
+        transform: ``f(z, constant)``, or ``None``.
         constant: the transform's constant (softcap, scale or divisor).
+        before_head: apply the transform to the hidden states before the projection.
     """
 
     def __init__(
         self, projection: nn.Module, transform: Callable[[Tensor, float], Tensor] | None = None,
-        constant: float | None = None,
+        constant: float | None = None, before_head: bool = False,
     ) -> None:
         super().__init__()
         self.projection = projection
         self.transform = transform
         self.constant = constant
+        self.before_head = before_head
 
     def forward(self, hidden: Tensor) -> Tensor:
-        logits = self.projection(hidden)
-        return logits if self.transform is None else self.transform(logits, self.constant)
+        if self.transform is None:
+            return self.projection(hidden)
+        if self.before_head:
+            return self.projection(self.transform(hidden, self.constant))
+        return self.transform(self.projection(hidden), self.constant)
 
 
 def output_head(model: nn.Module) -> OutputHead:
-    """The :class:`OutputHead` of a causal LM (through a peft or FSDP wrapper)."""
+    """The :class:`OutputHead` of a causal LM (through a peft or FSDP wrapper), as its registry entry says."""
     config = model.config
-    attribute, transform = POST_HEAD.get(config.model_type, (None, None))
-    constant = getattr(config, attribute) if attribute is not None else None
+    family = FAMILIES.get(config.model_type)
+    post_head = None if family is None else family.post_head
+    constant = None if post_head is None else getattr(config, post_head.attribute, None)
     if constant is None:
-        transform = None
-    return OutputHead(model.get_output_embeddings(), transform, constant)
+        return OutputHead(model.get_output_embeddings())
+    return OutputHead(model.get_output_embeddings(), OPERATIONS[post_head.operation], constant,
+                      post_head.before_head)
 
 
 def final_hidden(
@@ -102,20 +112,30 @@ def final_hidden(
 def hidden_through_forward(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor | dict[str, Tensor], position_ids: Tensor | None = None
 ) -> Tensor:
-    """:func:`final_hidden` through the model's own forward: its last ``hidden_states`` entry (after the final
-    norm in every verified family), with logits for the last position only."""
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                    output_hidden_states=True, logits_to_keep=1)
-    return outputs.hidden_states[-1]
+    """:func:`final_hidden` through the model's own forward, with logits for the last position only: the
+    ``last_hidden_state`` its decoder returns, caught on the way (a forward's last ``hidden_states`` entry is not
+    that in every family: Gemma-3n's is its AltUp streams before they are merged and normed)."""
+    caught: list[Tensor] = []
+    hook = model.get_decoder().register_forward_hook(lambda module, args, output: caught.append(
+        output.last_hidden_state))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+              logits_to_keep=1)
+    finally:
+        hook.remove()
+    return caught[-1]
 
 
 def check_output_head(model: nn.Module) -> None:
     """Refuse a causal LM whose ``model(...).logits`` are not ``output_head(model)(final_hidden(...))``.
 
     One forward of 8 tokens, in eval mode without gradients; log-probs must agree to 1e-4 (2e-2 in 16-bit
-    dtypes). On the meta device only :data:`VERIFIED_MODEL_TYPES` pass.
+    dtypes). On the meta device only :data:`VERIFIED_MODEL_TYPES` pass; a family the registry refuses never does.
     """
     model_type = model.config.model_type
+    if model_type in REFUSED:
+        raise ValueError(f"model_type {model_type!r} is refused: {REFUSED[model_type]}; lit-align could not compute "
+                         f"its log-probs as its forward does. Verified families: {sorted(VERIFIED_MODEL_TYPES)}")
     parameter = next(model.parameters())
     if parameter.is_meta:
         if model_type not in VERIFIED_MODEL_TYPES:

@@ -37,15 +37,17 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import PretrainedConfig
 
 from lit_align.data.packing import CHOSEN, REJECTED
+from lit_align.models.families import packed_families
 
 PACKED = "packed_layout"
 """The key of a packed view's rows (its presence marks the view as packed)."""
 MASK_BACKENDS = ("sdpa", "eager", "flex_attention")
 """Attention backends that take a custom mask: SDPA a boolean 4D mask, eager an additive one, FlexAttention a
 ``BlockMask`` (which skips the blocks that are masked out entirely: other pairs, the rejected-on-chosen block)."""
-MASK_BY_LAYER_TYPE = {"qwen2", "gemma2"}
-"""Families whose decoder takes one mask per layer type (``{"full_attention": …, "sliding_attention": …}``)."""
-ONE_MASK = {"llama", "mistral"}
+MASK_BY_LAYER_TYPE = packed_families("mask_per_layer_type")
+"""Families whose decoder takes one mask per layer type (``{"full_attention": …, "sliding_attention": …}``); from
+the registry's ``packed`` field (:mod:`lit_align.models.families`)."""
+ONE_MASK = packed_families("one_mask")
 """Families whose decoder uses one mask for every layer (Mistral's sliding window applied to it here)."""
 
 
