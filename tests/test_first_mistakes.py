@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lit_align.cli import main
 from lit_align.data import PreferenceDataModule
 from lit_align.errors import ConfigError, find_config_error
-from lit_align.models.policy import LoraSettings, PolicySpec
+from lit_align.models.policy import LoraSettings, PolicySpec, build_policy
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
 from lit_align.objectives.functional import fdpo_loss
@@ -366,3 +366,12 @@ def test_help_lists_every_subcommand_export_included(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert all(name in out for name in ("fit", "validate", "test", "predict", "precompute"))
     assert "export: write a checkpoint's policy as a save_pretrained model (lit-align export --ckpt_path" in out
+
+
+def test_lora_targets_peft_refuses_on_a_mamba_family_are_one_line(tmp_path):
+    from tests.families import build_family
+
+    build_family("falcon_h1").save_pretrained(tmp_path / "falcon")
+    with pytest.raises(ConfigError, match=r"model\.policy\.lora\.target_modules='all-linear': peft refuses them on "
+                                          r"this falcon_h1 model \(.*out_proj.*\); name the modules to adapt"):
+        build_policy(PolicySpec(path=str(tmp_path / "falcon"), lora=LoraSettings()))

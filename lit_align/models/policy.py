@@ -94,7 +94,13 @@ def add_adapter(model: PreTrainedModel, spec: PolicySpec) -> nn.Module:
                         target_modules=lora.target_modules, task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
-        return get_peft_model(model, config)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as error:  # peft refuses the targets on this model (e.g. a Mamba layer's out_proj)
+            reason = str(error).strip().splitlines()[0]
+            raise ConfigError("model.policy.lora.target_modules", lora.target_modules,
+                              f"peft refuses them on this {model.config.model_type} model ({reason}); name the "
+                              "modules to adapt") from error
 
 
 def check_targets(model: nn.Module, targets: list[str] | str) -> None:
