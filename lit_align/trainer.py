@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 from jsonargparse.typing import PositiveInt
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -83,6 +84,8 @@ class AlignmentTrainer(L.Trainer):
                                 f"{type(self.strategy).__name__} cannot read: resume it with the strategy that wrote "
                                 "it (e.g. --config configs/overlays/fsdp2.yaml), or export it with lit-align export "
                                 "and start from the exported model")
+        if ckpt_path is not None:
+            continue_log_dir(self.loggers, Path(ckpt_path))
         with warnings.catch_warnings():
             if hasattr(datamodule or train_dataloaders, "train_order"):
                 warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)
@@ -141,3 +144,14 @@ class AlignmentTrainer(L.Trainer):
                 per process are computed again; any other interruption loses none.
         """
         return precompute(self, model, datamodule, every_n_batches)
+
+
+def continue_log_dir(loggers: list, checkpoint: Path) -> None:
+    """A run resumed from ``<save_dir>/<name>/version_N/checkpoints/...`` keeps logging into ``version_N`` (a
+    TensorBoard logger, whose event files accumulate; one given a version keeps it). Lightning's loggers take their
+    version when built and offer no public way to set it after: the one private attribute written here."""
+    for logger in loggers:
+        version = checkpoint.resolve().parent.parent
+        if isinstance(logger, TensorBoardLogger) and logger._version is None and version.name.startswith("version_") \
+                and version.parent == Path(logger.root_dir).resolve() and version.name[8:].isdigit():
+            logger._version = int(version.name[8:])

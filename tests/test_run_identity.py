@@ -275,3 +275,17 @@ def test_two_nodes_reading_other_content_under_one_relative_path_are_refused(con
         assert result.returncode == 1, result.stderr[-3000:]
         lines = [line for line in result.stderr.splitlines() if line.startswith("error: processes of one run")]
         assert any("content.data.path" in line and "on process 1" in line for line in lines), result.stderr[-3000:]
+
+
+def test_a_resumed_run_keeps_logging_into_its_own_version_directory(config, tmp_path):
+    """TensorBoard logs under ``lightning_logs/version_0``, checkpoints beside them; the resume writes there too."""
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"]["logger"] = True
+    settings["trainer"]["callbacks"][0]["init_args"].pop("save_top_k")
+    config.write_text(yaml.safe_dump(settings))
+    fit(config)
+    err = fit(config, "--trainer.max_steps=6", "--ckpt_path=last")
+    logs = tmp_path / "run" / "lightning_logs"
+    assert restored_from(err) == str(logs / "version_0" / "checkpoints" / "last.ckpt")
+    assert sorted(path.name for path in logs.iterdir()) == ["version_0"]  # was: a new version_1
+    assert len(list((logs / "version_0").glob("events.out.tfevents.*"))) == 2
