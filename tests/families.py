@@ -40,6 +40,7 @@ MAMBA: dict[str, Any] = dict(mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, 
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": COMMON,
     "mistral": COMMON,
+    "mixtral": {**COMMON, **MOE},
     "qwen2": COMMON,
     "qwen3": {**COMMON, "head_dim": 8},
     "gemma": {**COMMON, "head_dim": 8},

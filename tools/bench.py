@@ -106,13 +106,18 @@ def build_tokenizer(texts: list[str], vocab_size: int, target: Path) -> None:
     train_bpe_tokenizer(texts, vocab_size).save_pretrained(target)
 
 
-def build_model(config: dict[str, Any], seed: int, target: Path) -> int:
+FAMILY_EXTRAS = {"qwen3": {"head_dim": 64}, "gemma3_text": {"head_dim": 64, "sliding_window": 512}}
+"""Settings a family needs beside the bench's size (Gemma-3: 5 sliding layers of window 512, then a global one)."""
+
+
+def build_model(config: dict[str, Any], seed: int, target: Path, family: str = "llama") -> int:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                                         max_position_embeddings=2048, **config))
+    settings = {**config, **FAMILY_EXTRAS.get(family, {})}
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        family, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=2048, **settings))
     model.save_pretrained(target)
     return sum(p.numel() for p in model.parameters())
 
@@ -166,7 +171,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     pairs = read_pairs(Path(args.data), 200 if args.quick else None)
     build_tokenizer([p + r for p, c, rj in pairs for r in (c, rj)], model_config(args)["vocab_size"],
                     workdir / "tokenizer")
-    parameters = build_model(model_config(args), args.seed, workdir / "model")
+    parameters = build_model(model_config(args), args.seed, workdir / "model", args.family)
     rows = fitting_pairs(pairs, workdir / "tokenizer", args)
     needed = (args.warmup + args.steps) * args.batch_size
     count = max(args.pairs, needed)
@@ -501,6 +506,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(HH_FILE), help="HH-RLHF style jsonl(.gz) (default: data/)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--family", default="llama", help="the model family, at the bench's size (llama, qwen3, "
+                        "gemma3_text, or another transformers model_type)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run (>= 2)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
@@ -545,7 +552,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     info = prepare(args, workdir)
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores ({describe_cpu()}); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"model: Llama {model_config(args)}, {info['parameters'] / 1e6:.1f}M parameters, fp32, on {args.device}")
+    print(f"model: {args.family} {model_config(args)}, {info['parameters'] / 1e6:.1f}M parameters, fp32, "
+          f"on {args.device}")
     print(f"data: {info['pairs']} HH-RLHF pairs from {args.data} ({info['fitting_pairs_of_all'][1]} of "
           f"{info['fitting_pairs_of_all'][0]} fit max_length {args.max_length} / prompt {args.max_prompt_length}); "
           f"batch {args.batch_size} pairs; setup {info['setup_s']:.0f} s", flush=True)

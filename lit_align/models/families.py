@@ -10,6 +10,7 @@ the packed layout:
 - ``positions``: its position scheme;
 - ``tied``: whether its config ties the output embeddings to the input ones by default;
 - ``packed``: how the packed layout's mask reaches its decoder, where that is verified (``None``: it runs padded);
+- ``unpackable``: why it cannot run packed, when it cannot (said in the warning of a run that falls back to padded);
 - ``refused``: why lit-align refuses it, when it does (checked before any forward).
 
 A family in :data:`FAMILIES` and not refused is *verified*: ``tests/test_families.py`` checks its log-probs on
@@ -31,8 +32,9 @@ Attention = Literal["full", "sliding", "chunked", "recurrent"]
 """``recurrent``: a state-space or linear-recurrence layer (Mamba, RG-LRU, xLSTM) instead of, or beside, attention."""
 Positions = Literal["rotary", "partial_rotary", "absolute", "none"]
 PackedMask = Literal["one_mask", "mask_per_layer_type"]
-"""``one_mask``: the decoder takes one 4D mask for every layer (a sliding window is applied to it by lit-align);
-``mask_per_layer_type``: it takes ``{layer type: mask}``."""
+"""``one_mask``: the decoder takes one 4D mask for every layer (in a family whose ``attention`` includes
+``sliding``, lit-align applies ``config.sliding_window`` to it); ``mask_per_layer_type``: it takes
+``{layer type: mask}`` (the window applied to the ``sliding_attention`` one)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Family:
     positions: Positions = "rotary"
     tied: bool = False
     packed: PackedMask | None = None
+    unpackable: str | None = None
     refused: str | None = None
 
 
@@ -69,47 +72,56 @@ COHERE = Transform("multiply", "logit_scale")
 GRANITE = Transform("divide", "logits_scaling")
 WINDOWED: tuple[Attention, ...] = ("full", "sliding")
 HYBRID: tuple[Attention, ...] = ("full", "recurrent")
+ONE: PackedMask = "one_mask"
+PER_TYPE: PackedMask = "mask_per_layer_type"
+RECURRENT = ("its {} layers carry a state along the row, which no attention mask cuts between a packed row's pairs "
+             "(or between a pair's chosen and rejected response)")
 
 
 def _registry(*families: Family) -> dict[str, Family]:
+    for family in families:
+        if family.packed is not None and family.unpackable is not None:
+            raise ValueError(f"{family.model_type}: packed and unpackable exclude each other")
     return {family.model_type: family for family in families}
 
 
 FAMILIES: dict[str, Family] = _registry(
     # no transform after the head
-    Family("llama", packed="one_mask"),
-    Family("mistral", attention=WINDOWED, packed="one_mask"),
-    Family("qwen2", attention=WINDOWED, packed="mask_per_layer_type"),
-    Family("qwen3", attention=WINDOWED),
-    Family("gemma", tied=True),
-    Family("phi3"),
-    Family("olmo2"),
-    Family("gpt2", positions="absolute", tied=True),
-    Family("gpt_neox", positions="partial_rotary"),
+    Family("llama", packed=ONE),
+    Family("mistral", attention=WINDOWED, packed=ONE),
+    Family("mixtral", attention=WINDOWED, packed=ONE),
+    Family("qwen2", attention=WINDOWED, packed=PER_TYPE),
+    Family("qwen3", attention=WINDOWED, packed=PER_TYPE),
+    Family("gemma", tied=True, packed=ONE),
+    Family("phi3", attention=WINDOWED, packed=ONE),
+    Family("olmo2", packed=ONE),
+    Family("gpt2", positions="absolute", tied=True, packed=ONE),
+    Family("gpt_neox", positions="partial_rotary", packed=ONE),
     # softcap: cap · tanh(z / cap)
-    Family("gemma2", SOFTCAP, WINDOWED, tied=True, packed="mask_per_layer_type"),
-    Family("gemma3_text", SOFTCAP, WINDOWED, tied=True),
-    Family("gemma3n_text", SOFTCAP, WINDOWED, tied=True),
-    Family("vaultgemma", SOFTCAP, WINDOWED, tied=True),
-    Family("nanochat", SOFTCAP),
-    Family("beam", SOFTCAP, WINDOWED),
+    Family("gemma2", SOFTCAP, WINDOWED, tied=True, packed=PER_TYPE),
+    Family("gemma3_text", SOFTCAP, WINDOWED, tied=True, packed=PER_TYPE),
+    Family("gemma3n_text", SOFTCAP, WINDOWED, tied=True, packed=PER_TYPE),
+    Family("vaultgemma", SOFTCAP, WINDOWED, tied=True, packed=PER_TYPE),
+    Family("nanochat", SOFTCAP, packed=ONE),
+    Family("beam", SOFTCAP, WINDOWED, packed=PER_TYPE),
     Family("recurrent_gemma", Transform("softcap", "logits_soft_cap"), ("sliding", "recurrent"),
-           positions="partial_rotary", tied=True),
+           positions="partial_rotary", tied=True, unpackable=RECURRENT.format("RG-LRU")),
     # z · logit_scale (Cohere), z · lm_head_multiplier (Falcon-H1), z · logits_scaling (HyperCLOVA X)
-    Family("cohere", COHERE, tied=True),
-    Family("cohere2", COHERE, WINDOWED, tied=True),
-    Family("cohere2_moe", COHERE, WINDOWED, tied=True),
-    Family("cohere_compass_text", COHERE, tied=True),
-    Family("falcon_h1", Transform("multiply", "lm_head_multiplier"), HYBRID),
-    Family("hyperclovax", Transform("multiply", "logits_scaling")),
+    Family("cohere", COHERE, tied=True, packed=ONE),
+    Family("cohere2", COHERE, WINDOWED, tied=True, packed=PER_TYPE),
+    Family("cohere2_moe", COHERE, WINDOWED, tied=True, packed=PER_TYPE),
+    Family("cohere_compass_text", COHERE, tied=True, packed=PER_TYPE),
+    Family("falcon_h1", Transform("multiply", "lm_head_multiplier"), HYBRID, unpackable=RECURRENT.format("Mamba")),
+    Family("hyperclovax", Transform("multiply", "logits_scaling"), packed=ONE),
     # z / logits_scaling (Granite), hidden / logits_scaling before the head (MiniCPM3)
-    Family("granite", GRANITE),
-    Family("granitemoe", GRANITE),
-    Family("granitemoeshared", GRANITE),
-    Family("granitemoehybrid", GRANITE, HYBRID, positions="none"),
-    Family("granite_swa", GRANITE, WINDOWED, tied=True),
-    Family("granitemoe_swa", GRANITE, WINDOWED),
-    Family("minicpm3", Transform("divide", "logits_scaling", before_head=True), positions="partial_rotary", tied=True),
+    Family("granite", GRANITE, packed=ONE),
+    Family("granitemoe", GRANITE, packed=ONE),
+    Family("granitemoeshared", GRANITE, packed=ONE),
+    Family("granitemoehybrid", GRANITE, HYBRID, positions="none", unpackable=RECURRENT.format("Mamba")),
+    Family("granite_swa", GRANITE, WINDOWED, tied=True, packed=PER_TYPE),
+    Family("granitemoe_swa", GRANITE, WINDOWED, packed=PER_TYPE),
+    Family("minicpm3", Transform("divide", "logits_scaling", before_head=True), positions="partial_rotary", tied=True,
+           packed=ONE),
     # refused by name: a causal LM of transformers 5.25 whose logits the head above does not give
     Family("inkling_text", refused="its forward cuts the logits to config.unpadded_vocab_size after the head"),
     Family("prophetnet", refused="an encoder-decoder predicting n-grams; its logits are the first stream of several"),

@@ -20,7 +20,7 @@ The packed attention mask (``1`` = may attend), for one pair with prompt ``p``, 
       r1 [ 1  1  .  .  1  1 ]
 
 and zero between pairs (and between padding and the rest; padding sees only earlier padding of its row, so no
-softmax row is empty). A sliding window (Mistral, Gemma-2, Qwen2's sliding layers) is applied to position ids,
+softmax row is empty). A sliding window (Mistral's, the sliding layers of Qwen2 or Gemma-3) is applied to position ids,
 ``pos_q - pos_k < window``, as the padded layout applies it to indices; the model cannot do that itself, because
 in the packed row a rejected token's index distance to the prompt exceeds its position distance.
 """
@@ -37,7 +37,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import PretrainedConfig
 
 from lit_align.data.packing import CHOSEN, REJECTED
-from lit_align.models.families import packed_families
+from lit_align.models.families import FAMILIES, packed_families
 
 PACKED = "packed_layout"
 """The key of a packed view's rows (its presence marks the view as packed)."""
@@ -66,6 +66,9 @@ def packing_obstacle(model: nn.Module) -> str | None:
     """Why ``model`` cannot run the packed layout exactly, or ``None`` when it can."""
     config = model.config
     family = config.model_type
+    entry = FAMILIES.get(family)
+    if entry is not None and entry.unpackable is not None:
+        return f"{family!r} cannot run packed: {entry.unpackable}"
     if family not in MASK_BY_LAYER_TYPE | ONE_MASK:
         return f"the packed layout is verified for {sorted(MASK_BY_LAYER_TYPE | ONE_MASK)}, not {family!r}"
     backend = attention_backend(config)
@@ -112,13 +115,16 @@ def response_states(batch: dict[str, Any], states: Tensor) -> Tensor:
 
 
 def attention_masks(packed: dict[str, Tensor], model: nn.Module) -> Tensor | BlockMask | dict[str, Any]:
-    """The packed rows' 4D mask for ``model``: one, or one per layer type for the families that take that."""
+    """The packed rows' 4D mask for ``model``: one per layer type for the families that take that (the window on
+    the ``sliding_attention`` one), else one (windowed where the family's layers may slide: Mistral, Mixtral, Phi-3
+    with ``sliding_window`` set; a ``sliding_window`` the family's attention ignores is not applied)."""
     config = model.config
     window = getattr(config, "sliding_window", None)
     if config.model_type in MASK_BY_LAYER_TYPE:
         return {kind: _backend_mask(packed, window if kind == "sliding_attention" else None, model)
                 for kind in set(config.layer_types)}
-    return _backend_mask(packed, window, model)
+    slides = "sliding" in FAMILIES[config.model_type].attention
+    return _backend_mask(packed, window if slides else None, model)
 
 
 def pair_rule(packed: dict[str, Tensor], window: int | None = None) -> Callable[..., Tensor]:
