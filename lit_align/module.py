@@ -136,9 +136,8 @@ class AlignmentModule(L.LightningModule):
         return self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
 
     def _loads_after_sharding(self) -> bool:
-        """Whether the policy is built empty and reads its weights once sharded (:mod:`lit_align.models.loading`): under
-        FSDP2 and FSDP1, for a full fine-tune (a LoRA adapter is initialised on a loaded base) whose reference,
-        if any, is a frozen copy (a store fingerprints the policy's weights as it attaches)."""
+        """Whether the policy is built empty and read once sharded (``models/loading.py``): under FSDP2 and FSDP1, for
+        a full fine-tune whose reference, if any, is a frozen copy (a LoRA adapter needs a loaded base)."""
         sharded = self.device_mesh is not None or self._fsdp1()
         return sharded and self.policy_spec.lora is None and isinstance(self.reference, FrozenCopy | None)
 
@@ -146,15 +145,11 @@ class AlignmentModule(L.LightningModule):
         """FSDP2 over the data-parallel dimension of ``ModelParallelStrategy``'s mesh: the policy, and the
         reference's own model when it holds one (sharded, yet still outside the state dict)."""
         if mesh["tensor_parallel"].size() != 1:
-            raise ValueError(
-                "AlignmentModule shards with FSDP2 only: set ModelParallelStrategy(tensor_parallel_size=1, "
-                "data_parallel_size=<nodes × devices>)"
-            )
+            raise ValueError("AlignmentModule shards with FSDP2 only: set ModelParallelStrategy(tensor_parallel_size=1,"
+                             " data_parallel_size=<nodes × devices>)")
         if self.feature_extractor is not None and isinstance(self.reference, OnlineReference):
-            raise ValueError(
-                "the reference's SAE features stop its forward part-way, which FSDP2 cannot shard; precompute them "
-                "into an OfflineStore (lit-align precompute, on DDP) and train from the store"
-            )
+            raise ValueError("the reference's SAE features stop its forward part-way, which FSDP2 cannot shard; "
+                             "precompute them into an OfflineStore (lit-align precompute, on DDP) and train from it")
         shard = partial(shard_and_load, mesh=mesh["data_parallel"], mixed_precision=self.mixed_precision,
                         device=self.trainer.strategy.root_device)
         shard(self.policy)
@@ -164,10 +159,8 @@ class AlignmentModule(L.LightningModule):
     def reference_model(self) -> AbstractContextManager[nn.Module]:
         """A context yielding the reference as a causal LM that can ``generate`` (an online reference only)."""
         if not isinstance(self.reference, OnlineReference):
-            raise ValueError(
-                f"{type(self.reference).__name__} holds no reference model to sample from; evaluate with an "
-                "online reference (FrozenCopy, or DisabledAdapter with a LoRA policy)"
-            )
+            raise ValueError(f"{type(self.reference).__name__} holds no reference model to sample from; evaluate "
+                             "with an online reference (FrozenCopy, or DisabledAdapter with a LoRA policy)")
         return self.reference.generation_model()
 
     def forward(self, batch: dict[str, Tensor]) -> ObjectiveOutput:
@@ -214,16 +207,28 @@ class AlignmentModule(L.LightningModule):
         read = response_states(batch, self.feature_extractor.read(capture, hidden))
         return response_states(batch, hidden), self.feature_extractor.encode(read, batch["response_mask"])
 
+    def on_fit_start(self) -> None:
+        """Decide the layout once: the data module builds only that one while fitting (``models/layout.py``)."""
+        if hasattr(self.trainer.datamodule, "layout"):
+            self.trainer.datamodule.layout = "packed" if self._runs_packed() else "padded"
+
+    def on_fit_end(self) -> None:
+        if hasattr(self.trainer.datamodule, "layout"):
+            self.trainer.datamodule.layout = None  # both again, for whoever reads its loaders next
+
     def pair_view(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch`` in the layout this run uses: packed where policy and reference take it, else padded."""
         if "packed" not in batch:
             return batch
+        return packed_view(batch) if "input_ids" not in batch or self._runs_packed() else padded_view(batch)
+
+    def _runs_packed(self) -> bool:
         key = id(self.reference)  # precompute swaps the store for its source
         if key not in self._packs:
             reference = self.reference.own_model() if self.reference is not None else None
             packs = self.packing and (self.feature_extractor is None or self.feature_extractor.packs)
             self._packs[key] = packs and takes_packing(self.policy, reference)
-        return packed_view(batch) if self._packs[key] else padded_view(batch)
+        return self._packs[key]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         inputs = self.preference_inputs(batch)

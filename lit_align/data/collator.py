@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -18,15 +18,21 @@ class PairCollator:
     response tokens, and ``example_key`` ``(B,)``. With ``pack`` (the default) the batch also carries, under
     ``packed``, the same pairs laid out prompt-shared and padding-free (:func:`~lit_align.data.packing.pack_pairs`),
     which the module uses where the model allows it; ``row_tokens`` shares them out between rows of about that
-    many tokens.
+    many tokens. ``layout`` builds one layout alone once the module has decided which it runs (``packed``:
+    ``example_key`` and ``packed`` only; ``padded``: no ``packed``); ``None`` builds both.
     """
 
-    def __init__(self, pad_token_id: int, pack: bool = True, row_tokens: int | None = None) -> None:
+    def __init__(self, pad_token_id: int, pack: bool = True, row_tokens: int | None = None,
+                 layout: Literal["padded", "packed"] | None = None) -> None:
         self.pad_token_id = pad_token_id
-        self.pack = pack
+        self.pack = pack and layout != "padded"
         self.row_tokens = row_tokens
+        self.layout = layout
 
     def __call__(self, pairs: list[dict[str, Any]]) -> dict[str, Tensor]:
+        if self.layout == "packed":
+            return {"example_key": torch.tensor([p["example_key"] for p in pairs], dtype=torch.long),
+                    "packed": pack_pairs(pairs, self.pad_token_id, self.row_tokens)}
         sequences = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs]
         sequences += [(p["prompt_ids"], p["rejected_ids"]) for p in pairs]
         width = max(len(prompt) + len(response) for prompt, response in sequences)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from datasets import Dataset, concatenate_datasets
@@ -132,6 +132,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.train_order: TrainOrder | None = None
         self._order_state: dict[str, Any] | None = None
+        self.layout: Literal["padded", "packed"] | None = None
+        """The layout training and validation batches are built in, once the module has decided; ``None``: both."""
 
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -189,19 +191,18 @@ class PreferenceDataModule(L.LightningDataModule):
             return []
         return self._loader(self.val_set, self.hparams.eval_batch_size or self.hparams.batch_size)
 
-    def _loader(self, split: Dataset, batch_size: int, sampler: TrainOrder | None = None) -> DataLoader:
-        return DataLoader(
-            split,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=PairCollator(self.pad_token_id, row_tokens=self.hparams.pack_row_tokens),
-            num_workers=self.hparams.num_workers,
-        )
+    def _loader(self, split: Dataset, batch_size: int, sampler: TrainOrder | None = None, both: bool = False
+                ) -> DataLoader:
+        layout = None if both else self.layout
+        collate = PairCollator(self.pad_token_id, row_tokens=self.hparams.pack_row_tokens, layout=layout)
+        return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                          num_workers=self.hparams.num_workers)
 
     def predict_dataloader(self) -> list[DataLoader]:
         """Every training and validation pair, unshuffled (used to fill the offline reference store)."""
         splits = [split for split in (self.train_set, self.val_set) if split is not None]
-        return [self._loader(split, self.hparams.eval_batch_size or self.hparams.batch_size) for split in splits]
+        return [self._loader(split, self.hparams.eval_batch_size or self.hparams.batch_size, both=True)
+                for split in splits]
 
     def on_before_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         """Count each batch the training loop takes (not the ones its fetcher reads ahead) in the training order."""
