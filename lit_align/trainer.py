@@ -89,16 +89,18 @@ class AlignmentTrainer(L.Trainer):
         with warnings.catch_warnings():
             if hasattr(datamodule or train_dataloaders, "train_order"):
                 warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)
+            new_log_dir = self.log_dir is not None and not Path(self.log_dir).exists()
             try:
                 super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
             except BaseException:
-                self._remove_log_dir_of_a_failed_start()
+                if new_log_dir:
+                    self._remove_log_dir_of_a_failed_start()
                 raise
 
     def _remove_log_dir_of_a_failed_start(self) -> None:
-        """A run that failed before its first step leaves no ``version_N`` holding only its config and an empty
-        event file: the next run then takes that number again."""
-        log_dir = Path(self.log_dir) if self.is_global_zero and self.log_dir and self.global_step == 0 else None
+        """A run that failed before its first step leaves no ``version_N`` (made by it) holding only its config and
+        an empty event file: the next run then takes that number again."""
+        log_dir = Path(self.log_dir) if self.is_global_zero and self.global_step == 0 else None
         if log_dir is not None and log_dir.is_dir() and log_dir != Path(self.default_root_dir) and all(
                 path.name in START_FILES or path.name.startswith("events.out.tfevents") for path in log_dir.iterdir()):
             shutil.rmtree(log_dir)
