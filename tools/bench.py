@@ -204,10 +204,11 @@ class StepLog:
         self.hashes: list[str] = []
         self.last: tuple[float, float] | None = None
 
-    def batch(self, input_ids, attention_mask, computed=None) -> None:
-        """Record a batch (no host sync: the token count stays a tensor until the end); ``computed`` is the model
-        input actually run, when it is not ``input_ids`` (the packed row)."""
-        self.tokens.append(attention_mask.sum())
+    def batch(self, input_ids, tokens, computed=None) -> None:
+        """Record a batch (no host sync: the token count stays a tensor until the end): its padded ``input_ids``
+        (hashed for the first steps, to show every arm ran the same batches; ``None`` after them), the ``tokens``
+        of its sequences, and ``computed``, the model input actually run when it is not ``input_ids``."""
+        self.tokens.append(tokens)
         self.padded.append((input_ids if computed is None else computed).numel())
         if len(self.hashes) < RECORDED_STEPS:
             self.hashes.append(hashlib.blake2b(input_ids.cpu().numpy().tobytes(), digest_size=8).hexdigest())
@@ -267,7 +268,7 @@ def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
     log.restart()
     for step in range(spec["total_steps"]):
         ids, attention, response = collate(rows[step * batch_size : (step + 1) * batch_size])
-        log.batch(ids, attention)
+        log.batch(ids, attention.sum())
         policy_logps = sequence_logps(policy, ids, attention, response)
         with torch.no_grad():
             ref_logps = sequence_logps(reference, ids, attention, response)
@@ -293,6 +294,7 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
     from lightning.pytorch.callbacks import Callback
 
     from lit_align.data import PreferenceDataModule
+    from lit_align.data.packing import CHOSEN, PROMPT, REJECTED
     from lit_align.models.layout import PACKED
     from lit_align.models.policy import PolicySpec
     from lit_align.module import AlignmentModule
@@ -310,12 +312,31 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
             if 0 < batch_idx <= RECORDED_STEPS:  # the previous step's logged values (updated after its batch end)
                 log.first.append(step_metrics(trainer))
                 log.restart()
-            view = pl_module.pair_view(batch)  # the layout the step runs in
-            computed = view[PACKED]["input_ids"] if PACKED in view else None
-            log.batch(batch["input_ids"], batch["attention_mask"], computed)
+            view = pl_module.pair_view(batch)  # the layout the step runs in (the only one built, while fitting)
+            computed = view[PACKED]["input_ids"] if PACKED in view else view["input_ids"]
+            ids = padded_ids(batch) if len(log.hashes) < RECORDED_STEPS else None
+            log.batch(ids, sequence_tokens(batch), computed)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             log.tick()
+
+    def padded_ids(batch):
+        """The batch's padded ``input_ids`` (chosen rows, then rejected), rebuilt from a packed-only batch."""
+        if "input_ids" in batch:
+            return batch["input_ids"]
+        packed, pairs = batch["packed"], len(batch["example_key"])
+        ids, pair, part = packed["input_ids"], packed["pair_index"], packed["part"]
+        rows = [torch.cat([ids[(pair == i) & (part == PROMPT)], ids[(pair == i) & (part == side)]])
+                for side in (CHOSEN, REJECTED) for i in range(pairs)]
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=0)
+
+    def sequence_tokens(batch):
+        """The tokens of a batch's 2B sequences (prompt + chosen, prompt + rejected), from either layout."""
+        if "attention_mask" in batch:
+            return batch["attention_mask"].sum()
+        packed = batch["packed"]
+        real = packed["pair_index"] >= 0
+        return real.sum() + ((packed["part"] == PROMPT) & real).sum()  # each prompt counts twice
 
     def step_metrics(trainer) -> dict[str, float]:
         logged = trainer.callback_metrics
@@ -351,7 +372,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
         """Records each batch and, for the first steps, the loss and TRL's own metrics (instrumentation only)."""
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            log.batch(inputs["input_ids"], inputs["attention_mask"])
+            log.batch(inputs["input_ids"], inputs["attention_mask"].sum())
             loss = super().training_step(model, inputs, num_items_in_batch)
             self._recorded_loss = loss
             return loss
