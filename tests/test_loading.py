@@ -29,7 +29,7 @@ def saved(request, tmp_path_factory):
     return request.param, str(directory), AutoModelForCausalLM.from_pretrained(directory).eval()
 
 
-MAY_RENAME = {"gpt_neox", "beam", "cohere2_moe", "granitemoe", "granitemoehybrid", "granitemoeshared"}
+MAY_RENAME = {"gpt_neox", "beam", "cohere2_moe", "granitemoe", "granitemoehybrid", "granitemoeshared", "mixtral"}
 """The families whose saved weight names may differ from the model's (GPT-NeoX's head as ``embed_out``; the
 mixture-of-experts families' fused experts saved per expert), read with ``from_pretrained``; every other family
 is read weight by weight."""

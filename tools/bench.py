@@ -294,6 +294,7 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
     from lightning.pytorch.callbacks import Callback
 
     from lit_align.data import PreferenceDataModule
+    from lit_align.data.collator import sequence_tokens
     from lit_align.data.packing import CHOSEN, PROMPT, REJECTED
     from lit_align.models.layout import PACKED
     from lit_align.models.policy import PolicySpec
@@ -329,14 +330,6 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
         rows = [torch.cat([ids[(pair == i) & (part == PROMPT)], ids[(pair == i) & (part == side)]])
                 for side in (CHOSEN, REJECTED) for i in range(pairs)]
         return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=0)
-
-    def sequence_tokens(batch):
-        """The tokens of a batch's 2B sequences (prompt + chosen, prompt + rejected), from either layout."""
-        if "attention_mask" in batch:
-            return batch["attention_mask"].sum()
-        packed = batch["packed"]
-        real = packed["pair_index"] >= 0
-        return real.sum() + ((packed["part"] == PROMPT) & real).sum()  # each prompt counts twice
 
     def step_metrics(trainer) -> dict[str, float]:
         logged = trainer.callback_metrics

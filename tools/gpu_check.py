@@ -115,6 +115,7 @@ def run_lit(spec: dict, arm: str) -> dict:
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.strategies import ModelParallelStrategy
 
+    from lit_align.data.collator import sequence_tokens
     from lit_align.trainer import AlignmentTrainer
 
     meter = Meter(spec)
@@ -124,7 +125,7 @@ def run_lit(spec: dict, arm: str) -> dict:
             meter.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            meter.stop(int(batch["attention_mask"].sum()))
+            meter.stop(int(sequence_tokens(batch)))  # either layout: fit builds the one the module runs
 
     common = dict(accelerator="gpu" if spec["device"] == "cuda" else "cpu", devices=1, precision="bf16-mixed",
                   logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

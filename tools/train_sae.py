@@ -137,7 +137,9 @@ def fit_data(args: argparse.Namespace) -> PreferenceDataModule:
     """The data module ``lit-align fit`` builds from the same data settings, set up (its report logged): the
     pairs are its training pairs, then its validation pairs."""
     settings = [*(["--data.path", args.data] if args.data else []),
-                *([f"--data.max_length={args.max_length}"] if args.max_length else []), *args.data_settings]
+                *([f"--data.max_length={args.max_length}"] if args.max_length else []),
+                "--data.val_fraction=0",  # every pair once: the SAE holds out activations of its own (--val-fraction)
+                *args.data_settings]
     section = data_section(args.config) if args.config else None
     data = preference_data(section, settings, args.tokenizer or args.model)
     data.source.prepare()

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lit_align.data.packing import pack_pairs
+from lit_align.data.packing import PROMPT, pack_pairs
 
 
 class PairCollator:
@@ -53,3 +53,13 @@ class PairCollator:
         if self.pack:
             batch["packed"] = pack_pairs(pairs, self.pad_token_id, self.row_tokens)
         return batch
+
+
+def sequence_tokens(batch: dict[str, Any]) -> Tensor:
+    """The tokens of a batch's ``2B`` sequences (prompt + chosen, prompt + rejected), as the padded layout counts
+    them, from a batch in either layout (a packed row holds each prompt once)."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum()
+    packed = batch["packed"]
+    real = packed["pair_index"] >= 0
+    return real.sum() + ((packed["part"] == PROMPT) & real).sum()
