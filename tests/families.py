@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from lit_align.models.families import FAMILIES as REGISTRY
 
@@ -78,6 +79,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "minicpm3": {**COMMON, "num_key_value_heads": 4, "q_lora_rank": 16, "kv_lora_rank": 8, "qk_nope_head_dim": 8,
                  "qk_rope_head_dim": 4, "v_head_dim": 8, "dim_model_base": 4},  # logits_scaling = 32 / 4
 }
+FAMILIES = {name: config for name, config in FAMILIES.items() if name in CONFIG_MAPPING}
+"""Only the families the installed transformers ships (CI's lower-bounds environment has transformers 5.0, which
+lacks beam, cohere2_moe, cohere_compass_text, granite_swa, granitemoe_swa, hyperclovax and minicpm3)."""
 """Keyword arguments of ``AutoConfig.for_model`` per ``model_type``: one row per verified family of the registry
 (:data:`lit_align.models.families.FAMILIES`)."""
 
