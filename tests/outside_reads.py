@@ -1,5 +1,5 @@
 """A guard that fails any test reading beside the repository: ``open`` of a path in the folder that holds the
-checkout but outside the checkout itself (the ``shared/data`` beside it, a sibling project) raises
+checkout but outside the checkout itself (a data folder or a sibling project beside it) raises
 :class:`OutsideRepositoryError` naming the path, as a user's clone has nothing beside it.
 
 Hidden folders beside the checkout (``~/.cache`` when it is cloned into a home folder) stay readable: caches are

@@ -23,7 +23,7 @@ LEAVES_THE_ROOT = re.compile(r"(?<!\.)\.\./|parents\[\d+\]\.parent\b|\b(ROOT|REP
 
 def test_a_read_beside_the_repository_is_refused():
     with pytest.raises(OutsideRepositoryError, match="outside the repository"):
-        open(REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz", "rb")  # noqa: SIM115
+        open(REPO.parent / "a-sibling-project" / "pairs.jsonl", "rb")  # noqa: SIM115 (refused before any read)
     with open(REPO / "pyproject.toml", "rb") as handle:  # inside: fine
         assert handle.read(1)
 
