@@ -6,7 +6,9 @@ FSDP1 or FSDP2 with ``torch.distributed.checkpoint``) and, when the run came fro
 transformers config only, no weights read), copies the trained weights into it — a single file memory-mapped, a
 sharded directory read shard by shard by one process, so no training process ever holds the full model — and
 writes what an inference stack reads: safetensors weights, ``config.json``, ``generation_config.json`` and the
-tokenizer. A LoRA run writes its adapter alone (peft's format), or with ``merge`` the adapter folded into the base.
+tokenizer. An adapter run writes its adapter alone (peft's format), or with ``merge`` the adapter folded into the
+base. A QLoRA run's checkpoint holds its base in 4-bit: export reads only the adapter from it and the base again,
+unquantised, from its files, so ``merge`` writes a full-precision model.
 
 The output directory ends holding exactly one model: a non-empty one is refused unless ``overwrite``, and the new
 content is written beside it and swapped in whole (:mod:`lit_align.atomic_dir`), so a full disk or a kill leaves
@@ -15,6 +17,7 @@ the old content or nothing, never a mix, and the files take the modes of the use
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +34,9 @@ from transformers.initialization import no_init_weights
 from lit_align.atomic_dir import replacing_directory, target_refusal
 from lit_align.errors import ConfigError
 from lit_align.identity.checkpoints import IDENTITY, read_identity, verify
-from lit_align.models.loading import with_generation_config
-from lit_align.models.policy import DType, LoraSettings, PolicySpec, add_adapter
+from lit_align.models.adapters import base_changing_init, peft_config_from_dict
+from lit_align.models.loading import load_base, with_generation_config
+from lit_align.models.policy import DType, LoraSettings, PolicySpec, Quantization, add_adapter
 
 RUN_FILE = "lit_align_run.json"  # the manifest of the run that trained an exported model
 METADATA_FILE = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint
@@ -64,11 +68,18 @@ def policy_spec(checkpoint: dict[str, Any], overrides: dict[str, Any] | None = N
         settings.pop("config" if overrides and "path" in overrides else "path")
     if isinstance(settings.get("lora"), dict):
         settings["lora"] = LoraSettings(**settings["lora"])
+    if isinstance(settings.get("peft"), dict):
+        settings["peft"] = peft_config_from_dict(settings["peft"])
+    if isinstance(settings.get("quantization"), dict):
+        settings["quantization"] = Quantization(**settings["quantization"])
     return PolicySpec(**settings)
 
 
 def empty_policy(spec: PolicySpec) -> nn.Module:
-    """The policy of ``spec`` (adapter included) with uninitialised weights: the config is read, no weights are."""
+    """The policy of ``spec`` (adapter included) with uninitialised weights: the config is read, no weights are. A
+    quantised base is read unquantised from its files instead (a checkpoint holds it in 4 or 8 bits)."""
+    if spec.quantization is not None:
+        return add_adapter(load_base(dataclasses.replace(spec, quantization=None)), spec)
     if spec.path is not None:
         config = AutoConfig.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
     else:
@@ -83,10 +94,11 @@ def empty_policy(spec: PolicySpec) -> nn.Module:
     return add_adapter(model, spec)
 
 
-def load_policy_weights(path: str | Path, checkpoint: dict[str, Any], model: nn.Module) -> nn.Module:
-    """Copy the policy's weights from the checkpoint at ``path`` (``checkpoint`` as :func:`read_checkpoint` read
-    it) into ``model``, checking that every weight is covered."""
-    target = {f"policy.{name}": value for name, value in model.state_dict().items()}
+def load_policy_weights(path: str | Path, checkpoint: dict[str, Any], model: nn.Module,
+                        adapter_only: bool = False) -> nn.Module:
+    """Copy the policy's weights (with ``adapter_only``, its adapter's) from the checkpoint at ``path``
+    (``checkpoint`` as :func:`read_checkpoint` read it) into ``model``, checking that every one is covered."""
+    target = {f"policy.{name}": value for name, value in exported_state(model, adapter_only).items()}
     if Path(path).is_dir():
         stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
         prefix = next((key for key in SHARDED_KEYS if any(name.startswith(f"{key}.policy.") for name in stored)),
@@ -95,15 +107,32 @@ def load_policy_weights(path: str | Path, checkpoint: dict[str, Any], model: nn.
             raise ValueError(f"{path} holds no policy weights (no '<state_dict|model>.policy.*' entries)")
         present = {name: value for name, value in target.items() if f"{prefix}.{name}" in stored}
         dcp.load({prefix: present}, checkpoint_id=str(path), no_dist=True)  # in place, shard by shard
-        loaded = present
+        _check_covered(target, present)
     else:
-        loaded = {name: value for name, value in checkpoint["state_dict"].items() if name.startswith("policy.")}
-        with torch.no_grad():
-            for name, value in loaded.items():
-                if name in target:
-                    target[name].copy_(value)
-    _check_covered(model, target, loaded)
+        copy_policy_state(model, checkpoint["state_dict"], adapter_only)
     return model
+
+
+def copy_policy_state(model: nn.Module, state: dict[str, Tensor], adapter_only: bool = False) -> None:
+    """Copy the ``policy.*`` entries of a module's ``state`` into ``model`` (with ``adapter_only``, the adapter's
+    alone), refusing one that lacks any of them."""
+    target = {f"policy.{name}": value for name, value in exported_state(model, adapter_only).items()}
+    loaded = {name: value for name, value in state.items() if name in target}
+    with torch.no_grad():
+        for name, value in loaded.items():
+            target[name].copy_(value)
+    _check_covered(target, loaded)
+
+
+def exported_state(model: nn.Module, adapter_only: bool = False) -> dict[str, Tensor]:
+    """The entries of ``model``'s state dict an export takes from the checkpoint: all of them, or with
+    ``adapter_only`` (a quantised run, whose base :func:`empty_policy` reads from its files) the adapter's: its
+    trainable weights."""
+    state = model.state_dict()
+    if not adapter_only:
+        return state
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return {name: value for name, value in state.items() if name in trainable}
 
 
 def write_pretrained(model: nn.Module, output_dir: str | Path, tokenizer: str | PreTrainedTokenizerBase | None,
@@ -115,8 +144,12 @@ def write_pretrained(model: nn.Module, output_dir: str | Path, tokenizer: str | 
     written as its adapter alone, or folded into its base with ``merge``. The manifest of the run that trained it
     goes beside, as ``lit_align_run.json``. Whether ``output_dir`` may be replaced is the caller's to check first
     (:func:`~lit_align.atomic_dir.target_refusal`)."""
-    if merge and isinstance(model, PeftModel):
-        model = model.merge_and_unload()
+    if isinstance(model, PeftModel):
+        if merge:
+            model = model.merge_and_unload()
+        elif (init := base_changing_init(model.peft_config["default"])) is not None:
+            raise ValueError(f"an adapter initialised with init_lora_weights={init!r} is relative to the base it "
+                             "changed, not the one its config names: export it with merge (--merge true)")
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
     if isinstance(tokenizer, str):
@@ -155,9 +188,10 @@ def export_checkpoint(
         raise ConfigError("output_dir", output_dir, refusal)
     checkpoint = read_checkpoint(ckpt_path)
     spec = policy_spec(checkpoint, policy)
-    if merge and spec.lora is None:
-        raise ValueError("--merge folds a LoRA adapter into its base: this policy has no adapter (policy.lora)")
-    model = load_policy_weights(ckpt_path, checkpoint, empty_policy(spec))
+    if merge and not spec.adapted:
+        raise ValueError("--merge folds an adapter into its base: this policy has no adapter (policy.lora or "
+                         "policy.peft)")
+    model = load_policy_weights(ckpt_path, checkpoint, empty_policy(spec), adapter_only=spec.quantization is not None)
     named = tokenizer or run_tokenizer(checkpoint, spec)
     loaded = AutoTokenizer.from_pretrained(named) if named is not None else None  # read before anything is written
     try:
@@ -178,10 +212,10 @@ def run_tokenizer(checkpoint: dict[str, Any], spec: PolicySpec) -> str | None:
     return None
 
 
-def _check_covered(model: nn.Module, target: dict[str, Tensor], loaded: dict[str, Any]) -> None:
-    """Every parameter (a tied one once) and persistent buffer of ``model`` came from the checkpoint."""
+def _check_covered(target: dict[str, Tensor], loaded: dict[str, Any]) -> None:
+    """Every entry of ``target`` (a tied weight once) came from the checkpoint."""
     covered = {target[name].data_ptr() for name in loaded if name in target}
-    missing = [name for name, value in model.state_dict().items() if value.data_ptr() not in covered]
+    missing = [name.removeprefix("policy.") for name, value in target.items() if value.data_ptr() not in covered]
     if missing:
         raise ValueError(f"the checkpoint lacks {len(missing)} of the policy's weights, e.g. {missing[:3]}: "
                          "check the policy settings (path/config, lora) match the run's")

@@ -15,7 +15,8 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_align.atomic_dir import target_refusal
 from lit_align.errors import ConfigError
-from lit_align.export import empty_policy, write_pretrained
+from lit_align.export import copy_policy_state, empty_policy, write_pretrained
+from lit_align.models.adapters import base_changing_init
 from lit_align.models.policy import DType
 
 
@@ -56,8 +57,11 @@ class SaveHFModel(Callback):
         self._saved_step = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.merge and pl_module.policy_spec.lora is None:
-            raise ValueError("SaveHFModel(merge=True) folds a LoRA adapter into its base: the policy has none")
+        if self.merge and not pl_module.policy_spec.adapted:
+            raise ValueError("SaveHFModel(merge=True) folds an adapter into its base: the policy has none")
+        if not self.merge and (init := base_changing_init(pl_module.policy_spec.peft)) is not None:
+            raise ConfigError("SaveHFModel.merge", False, f"merge=True: an adapter initialised with "
+                              f"init_lora_weights={init!r} is relative to the base it changed")
         if stage == "fit":
             self._check_target(trainer)
 
@@ -75,15 +79,15 @@ class SaveHFModel(Callback):
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(trainer.strategy.model, options=options)  # collective when sharded
         if trainer.is_global_zero:
-            model = empty_policy(pl_module.policy_spec)
-            model.load_state_dict({name.removeprefix("policy."): value for name, value in state.items()
-                                   if name.startswith("policy.")})
+            spec = pl_module.policy_spec
+            model = empty_policy(spec)
+            copy_policy_state(model, state, adapter_only=spec.quantization is not None)
             run = getattr(getattr(trainer, "run_identity", None), "manifest", None)
             write_pretrained(model, target, self.tokenizer or self._data_tokenizer(trainer, pl_module),
                              self.merge, self.dtype, keep=_is_step_save, manifest=run)
             if isinstance(model, PeftModel) and not self.merge:
                 base = model.peft_config["default"].base_model_name_or_path
-                rank_zero_info(f"LoRA adapter written to {target.resolve()} (base model: {base})")
+                rank_zero_info(f"adapter written to {target.resolve()} (base model: {base})")
             else:
                 rank_zero_info(f"model written to {target.resolve()}")
         trainer.strategy.barrier("SaveHFModel")

@@ -35,6 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 
 from lit_align.errors import ConfigError
 from lit_align.models.head import VERIFIED_MODEL_TYPES
+from lit_align.models.quantization import quantized_arguments, without_cpu_repacking
 from lit_align.paths import resolve_local_or_hub
 
 if TYPE_CHECKING:
@@ -76,13 +77,14 @@ def check_model_directory(path: str | None, key: str) -> None:
 
 
 def load_causal_lm(spec: PolicySpec, key: str = "model.policy.path") -> PreTrainedModel:
-    """The base causal LM of ``spec`` through transformers: ``from_pretrained``, or a fresh model from
-    ``spec.config`` seeded by ``spec.init_seed`` (so a rebuilt one equals the first)."""
+    """The base causal LM of ``spec`` through transformers: ``from_pretrained`` (quantised as ``spec.quantization``
+    says), or a fresh model from ``spec.config`` seeded by ``spec.init_seed`` (so a rebuilt one equals the first)."""
     dtype = getattr(torch, spec.dtype)
     if spec.path is not None:
-        return AutoModelForCausalLM.from_pretrained(
-            resolve_local_or_hub(key, spec.path), dtype=dtype, trust_remote_code=spec.trust_remote_code, **spec.extra
-        )
+        return without_cpu_repacking(AutoModelForCausalLM.from_pretrained(
+            resolve_local_or_hub(key, spec.path), dtype=dtype, trust_remote_code=spec.trust_remote_code,
+            **quantized_arguments(spec.quantization, spec.dtype), **spec.extra,
+        ))
     config = dict(spec.config)
     config_class = AutoConfig.for_model(config.pop("model_type"), **config)
     with torch.random.fork_rng(devices=[]):
@@ -92,8 +94,8 @@ def load_causal_lm(spec: PolicySpec, key: str = "model.policy.path") -> PreTrain
 
 def empty_base(spec: PolicySpec) -> PreTrainedModel | None:
     """The base of ``spec`` built empty (:func:`empty_causal_lm`) when its weights can be read one by one: from a
-    local directory of safetensors files that name every weight as the model does; else ``None``."""
-    if spec.path is None or not set(spec.extra) <= CONFIG_ARGUMENTS:
+    local directory of safetensors files that name every weight as the model does, unquantised; else ``None``."""
+    if spec.path is None or spec.quantization is not None or not set(spec.extra) <= CONFIG_ARGUMENTS:
         return None
     files = weight_files(spec.path)
     if not files:

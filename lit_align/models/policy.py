@@ -5,18 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from jsonargparse.typing import NonNegativeFloat, PositiveInt
-from peft import LoraConfig, get_peft_model
+from peft import PeftConfig
 from torch import nn
-from transformers import PreTrainedModel
 
 from lit_align.errors import ConfigError
+from lit_align.models.adapters import add_adapter
 from lit_align.models.head import OutputHead, check_output_head, final_hidden, output_head
 from lit_align.models.loading import load_base, load_causal_lm
+from lit_align.models.quantization import Quantization, prepare_for_adapter
 from lit_align.paths import absolute_if_local
 
-__all__ = ["DType", "LoraSettings", "PolicySpec", "build_policy", "final_hidden", "lm_head", "load_causal_lm"]
+__all__ = ["DType", "LoraSettings", "PolicySpec", "Quantization", "build_policy", "final_hidden", "lm_head",
+           "load_causal_lm"]
 
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -52,6 +53,12 @@ class PolicySpec:
     dtype: DType = "float32"
     gradient_checkpointing: bool = False
     lora: LoraSettings | None = None
+    """A LoRA adapter by its four common settings (the shorthand for ``peft``)."""
+    peft: PeftConfig | None = None
+    """Any peft adapter, by ``class_path`` (``peft.LoraConfig`` with ``use_dora``, ``use_rslora`` or
+    ``init_lora_weights: pissa``, ``peft.IA3Config``, ``peft.LoHaConfig``, ...); instead of ``lora``."""
+    quantization: Quantization | None = None
+    """Read the base quantised (4-bit NF4 or 8-bit, bitsandbytes) and train an adapter on it: QLoRA."""
     trust_remote_code: bool = False
     """Run model code from the hub; off unless asked for."""
     init_seed: int = 0
@@ -69,6 +76,17 @@ class PolicySpec:
             self.path = absolute_if_local(self.path)
         elif "model_type" not in self.config:
             raise ConfigError("model.policy.config", self.config, "a transformers config dict with a model_type")
+        if self.lora is not None and self.peft is not None:
+            raise ConfigError("model.policy.peft", type(self.peft).__name__, "one adapter: set model.policy.lora "
+                              "(the LoRA shorthand) or model.policy.peft (any peft config), not both")
+        if self.quantization is not None and self.path is None:
+            raise ConfigError("model.policy.quantization", self.quantization, "a model read from model.policy.path "
+                              "(bitsandbytes quantises weights as from_pretrained reads them), not a config")
+
+    @property
+    def adapted(self) -> bool:
+        """Whether the policy trains an adapter (``lora`` or ``peft``) on a frozen base."""
+        return self.lora is not None or self.peft is not None
 
 
 def build_policy(spec: PolicySpec, empty: bool = False) -> nn.Module:
@@ -76,47 +94,16 @@ def build_policy(spec: PolicySpec, empty: bool = False) -> nn.Module:
     its base read once (:func:`lit_align.models.loading.load_base`; with ``empty``, left on the meta device to be read
     shard by shard after sharding); refuse a model whose logits lit-align cannot reproduce
     (:func:`lit_align.models.head.check_output_head`)."""
+    if spec.quantization is not None and not spec.adapted:
+        raise ConfigError("model.policy.quantization", spec.quantization, "an adapter to train on the quantised "
+                          "base: set model.policy.lora or model.policy.peft")
     model = load_base(spec, empty=empty)
     check_output_head(model)
+    model = prepare_for_adapter(model, spec.gradient_checkpointing)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return add_adapter(model, spec)
-
-
-def add_adapter(model: PreTrainedModel, spec: PolicySpec) -> nn.Module:
-    """``model`` with ``spec``'s LoRA adapter (seeded by ``spec.init_seed``), or ``model`` itself without one."""
-    if spec.lora is None:
-        return model
-    lora = spec.lora
-    check_targets(model, lora.target_modules)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.init_seed)
-        try:
-            return get_peft_model(model, config)
-        except ValueError as error:  # peft refuses the targets on this model (e.g. a Mamba layer's out_proj)
-            reason = str(error).strip().splitlines()[0]
-            raise ConfigError("model.policy.lora.target_modules", lora.target_modules,
-                              f"peft refuses them on this {model.config.model_type} model ({reason}); name the "
-                              "modules to adapt") from error
-
-
-def check_targets(model: nn.Module, targets: list[str] | str) -> None:
-    """Refuse LoRA target names that match no module of ``model`` (as peft matches them: the module's name or
-    its last dotted parts), naming the model's linear modules; ``all-linear`` and a regex string are peft's."""
-    if isinstance(targets, str):
-        return
-    names = [name for name, _ in model.named_modules()]
-    missing = [target for target in targets if not any(name == target or name.endswith(f".{target}")
-                                                       for name in names)]
-    if missing:
-        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if isinstance(module, nn.Linear)})
-        raise ConfigError("model.policy.lora.target_modules", targets,
-                          f"{missing} match no module of this {model.config.model_type} model; its linear modules "
-                          f"are {linear} (or use all-linear)")
 
 
 def lm_head(model: nn.Module) -> OutputHead:

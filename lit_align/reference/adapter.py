@@ -1,4 +1,5 @@
-"""The LoRA policy's own base model, adapters disabled, as the reference: no second copy of the weights."""
+"""The adapted policy's own base model, adapter disabled, as the reference: no second copy of the weights (a
+quantised base too: QLoRA's reference is the same 4-bit model)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from contextlib import contextmanager
 
 import torch
 from peft import PeftModel
-from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
+from lit_align.errors import ConfigError
+from lit_align.models.adapters import base_change
 from lit_align.models.layout import decoder_inputs, response_states
 from lit_align.models.policy import final_hidden, lm_head
 from lit_align.reference.base import OnlineReference
@@ -17,20 +19,20 @@ from lit_align.sae.hooks import residual_stream
 
 
 class DisabledAdapter(OnlineReference):
-    """The reference is the policy with its LoRA adapter switched off (peft's ``disable_adapter``),
-    run in eval mode without gradients."""
+    """The reference is the policy with its adapter switched off (peft's ``disable_adapter``), run in eval mode
+    without gradients; refused where that is not the base the run started from (:func:`base_change`)."""
 
     def __init__(self) -> None:
         self.policy: PeftModel | None = None
 
     def attach(self, policy: nn.Module, datamodule=None) -> None:
         if not isinstance(policy, PeftModel):
-            raise ValueError(
-                "DisabledAdapter needs a LoRA policy: set model.policy.lora, or use FrozenCopy as the reference"
-            )
-        if isinstance(policy.get_output_embeddings(), LoraLayer):
-            raise ValueError("DisabledAdapter runs the LM head outside disable_adapter(); keep lm_head out of "
-                             "the LoRA target_modules")
+            raise ValueError("DisabledAdapter needs an adapted policy: set model.policy.lora or model.policy.peft, "
+                             "or use FrozenCopy as the reference")
+        if (reason := base_change(policy)) is not None:
+            raise ConfigError("model.reference", "DisabledAdapter",
+                              f"a policy whose adapter-disabled model is its base, but {reason}: use "
+                              "lit_align.reference.FrozenCopy")
         self.policy = policy
 
     @contextmanager

@@ -61,7 +61,7 @@ class FrozenCopy(OnlineReference):
         source = {"path": self.path, "config": None} if self.path is not None else {}
         overrides = {"dtype": self.dtype, "trust_remote_code": self.trust_remote_code, "extra": self.extra}
         return dataclasses.replace(
-            base, lora=None, gradient_checkpointing=False, **source,
+            base, lora=None, peft=None, gradient_checkpointing=False, **source,
             **{name: value for name, value in overrides.items() if value is not None},
         )
 

@@ -96,9 +96,9 @@ class ReferenceSync(L.Callback):
             raise ConfigError(KEY, type(reference).__name__, "TR-DPO updates a reference model of its own: set "
                               "model.reference to FrozenCopy (DisabledAdapter shares the policy's weights, "
                               "OfflineStore holds none)")
-        if pl_module.policy_spec.lora is not None:
-            raise ConfigError(KEY, "model.policy.lora", "TR-DPO mixes full weights into the frozen copy, but a LoRA "
-                              "policy trains an adapter: fine-tune fully, or drop ReferenceSync")
+        if pl_module.policy_spec.adapted:
+            raise ConfigError(KEY, "model.policy.lora/peft", "TR-DPO mixes full weights into the frozen copy, but "
+                              "this policy trains an adapter: fine-tune fully, or drop ReferenceSync")
         self._reference = reference
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

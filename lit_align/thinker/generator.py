@@ -119,7 +119,7 @@ class AssistantLM(ThoughtGenerator):
 
     def bind(self, base: nn.Module) -> None:
         self.model = build_policy(self.spec)
-        if self.spec.lora is None:
+        if not self.spec.adapted:
             self.model.requires_grad_(False)
         if self.model.config.vocab_size != base.config.vocab_size:
             raise ValueError(

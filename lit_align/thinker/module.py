@@ -86,7 +86,7 @@ class LatentThoughtModule(L.LightningModule):
         if self.base is not None:
             return
         self.base = build_policy(self.base_spec)
-        if self.base_spec.lora is None:
+        if not self.base_spec.adapted:
             self.base.requires_grad_(False)
         for layer in self.base.modules():
             if isinstance(layer, nn.Dropout):
