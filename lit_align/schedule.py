@@ -68,9 +68,47 @@ class Schedule:
                              num_training_steps=total)
 
 
+FUSED_DEVICES = ("cpu", "cuda")
+"""Devices on which :class:`AdamW` runs torch's fused kernel (elsewhere torch picks its own implementation)."""
+
+
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW, run by its fused kernel when every parameter is a floating-point tensor on a device of
+    :data:`FUSED_DEVICES`: the same update (to float rounding, about 1e-8 after a few steps) in one kernel per device
+    and dtype, instead of a dozen ops per parameter (3x faster on CPU for the bench's 15.7M model); elsewhere, or with
+    ``fused=False``, torch's own choice (foreach on CUDA, one tensor at a time on CPU).
+
+    A fused AdamW would take over a ``GradScaler``'s unscaling (``_step_supports_amp_scaling``); here the scaler
+    unscales the gradients before the optimizer step as for any other optimizer, so the callbacks
+    (:class:`~lit_align.callbacks.NonFiniteGuard`, the divergence guard) and gradient clipping see them unscaled.
+    Usable in a config: ``class_path: lit_align.schedule.AdamW``.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 5e-6, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = WEIGHT_DECAY, fused: bool | None = None) -> None:
+        params = list(params)
+        fused = fusable(params) if fused is None else fused
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True if fused else None)
+        self._step_supports_amp_scaling = False
+
+
+def fusable(params: list[Any]) -> bool:
+    """Whether every parameter (of a list of tensors or of parameter groups) can run torch's fused AdamW."""
+    tensors = [p for entry in params for p in _group_tensors(entry)]
+    return bool(tensors) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in tensors)
+
+
+def _group_tensors(entry: Any) -> list[Any]:
+    if not isinstance(entry, dict):
+        return [entry]
+    group = entry["params"]
+    return [group] if isinstance(group, torch.Tensor) else list(group)
+
+
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW at lr 5e-6 without weight decay (:data:`WEIGHT_DECAY`)."""
-    return torch.optim.AdamW(params, lr=5e-6, weight_decay=WEIGHT_DECAY)
+    """AdamW at lr 5e-6 without weight decay (:data:`WEIGHT_DECAY`), fused where torch has the kernel
+    (:class:`AdamW`)."""
+    return AdamW(params, lr=5e-6, weight_decay=WEIGHT_DECAY)
 
 
 def optimization(params: Iterable[nn.Parameter], optimizer: Callable[..., Optimizer], schedule: Schedule | None,

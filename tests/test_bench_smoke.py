@@ -1,5 +1,6 @@
 """Smoke test of ``python -m tools.bench --quick``: every arm trains 4 steps of a tiny model on the same batches, and
-lit-align's first steps agree with the plain loop's (and TRL's, when the ``bench`` extra is installed)."""
+lit-align's first steps agree with the plain loops' (padded and packed) and TRL's (when the ``bench`` extra is
+installed)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ NO_TRL = "trl is not installed: pip install -e '.[bench]' to benchmark against T
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "summary.json"
-    arms = ["plain", "lit-align", "lit-align-padded"] + (["trl"] if HAS_TRL else [])
+    arms = ["plain", "plain-packed", "lit-align", "lit-align-padded"] + (["trl"] if HAS_TRL else [])
     done = subprocess.run(
         [sys.executable, "-m", "tools.bench", "--quick", "--data", str(HH_FILE), "--out", str(out), "--arms", *arms],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
@@ -39,6 +40,20 @@ def test_plain_and_lit_align_train_the_same_batches_to_the_same_numbers(quick):
     assert lit["first"][0]["loss"] == pytest.approx(0.6931472, abs=1e-6)  # policy = reference at step 0: ln 2
     assert lit["steps"] == plain["steps"] == 2 and lit["tokens_per_s"] > 0 and lit["peak_rss_mib"] > 0
     assert "| lit-align |" in stdout and "lit-align vs plain: largest difference" in stdout
+
+
+def test_plain_packed_loop_trains_the_same_batches_to_lit_aligns_numbers(quick):
+    """The floor of the packed layout: a hand-written loop over lit-align's packed rows, whose first step's loss
+    (same weights, same batch) is AlignmentModule's, and whose later values follow it to fp32 rounding."""
+    summary, stdout = quick
+    plain, lit = summary["plain-packed"], summary["lit-align"]
+    assert plain["hashes"] == lit["hashes"] and len(plain["first"]) == 2
+    assert plain["first"][0]["loss"] == pytest.approx(lit["first"][0]["loss"], rel=1e-6, abs=1e-7)
+    for ours, theirs in zip(lit["first"], plain["first"], strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    assert plain["positions_per_token"] == pytest.approx(lit["positions_per_token"])  # the same packed rows
+    assert "| plain-packed |" in stdout and "lit-align vs plain-packed: largest difference" in stdout
+    assert "(plain-packed) |" in stdout  # the lit-align row measured against its own layout's floor
 
 
 def test_packed_and_padded_arms_agree_and_packing_computes_fewer_positions(quick):

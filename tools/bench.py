@@ -14,6 +14,10 @@ from the end of the previous one to its own end (data loading, logging and optim
 
 - ``plain``: ``model.model(...)`` hidden states, response positions through the LM head, ``gather - logsumexp``,
   reference forward under ``no_grad``, the DPO loss, ``AdamW``; nothing else.
+- ``plain-packed``: the same loop on lit-align's own packed rows (``pack_pairs`` at the data module's default
+  ``pack_row_tokens``: each pair once as ``[prompt | chosen | rejected]``, rejected tokens blind to the chosen, the
+  pairs blind to each other), its mask written out here, the response states gathered at the rows' response grid:
+  the floor of lit-align's default layout, against which the ``lit-align`` arm is measured.
 - ``lit-align``: ``AlignmentModule(DPO)`` + ``PreferenceDataModule`` + ``AlignmentTrainer``, with what a user
   gets by default (prompt-shared, padding-free pairs; TensorBoard logger, progress bar, non-finite step guard);
   checkpointing off. ``lit-align-padded``: the same in the padded layout (``AlignmentModule(packing=False)``),
@@ -27,16 +31,24 @@ Every arm counts the same tokens: each pair's prompt + chosen and prompt + rejec
 arm computes each prompt once, yet is credited with it twice, so all arms are measured on the same work). The
 ``positions/token`` column is what an arm computes per counted token: its padded (or packed) batch size over the
 tokens.
-- ``trl``: ``DPOTrainer`` at matched settings: fp32, no gradient checkpointing, ``adamw_torch``, constant
-  learning rate, no gradient clipping, no checkpoint saving.
+- ``trl``: ``DPOTrainer`` at matched settings: fp32, no gradient checkpointing, ``adamw_torch_fused`` (the AdamW
+  implementation lit-align's default optimizer runs, :class:`lit_align.schedule.AdamW`), constant learning rate, no
+  gradient clipping, no checkpoint saving.
+- The step's own overheads, before and after (issue 27): every arm above runs torch's fused AdamW (the plain loops
+  too, so the floors stay matched) and lit-align's non-finite guard checks one fused scalar, the total gradient
+  norm. ``lit-align-unfused`` runs ``torch.optim.AdamW`` as torch picks it (one tensor at a time on CPU: lit-align's
+  earlier default), ``lit-align-per-tensor-guard`` the guard's earlier check (``isfinite(grad).all()`` of every
+  gradient), ``lit-align-previous`` both (lit-align before the change), ``trl-unfused`` TRL with ``adamw_torch``
+  (the earlier matched arm).
 - ``trl-defaults``: ``DPOTrainer`` as a user meets it (bf16 autocast, gradient checkpointing, fused AdamW,
   clipping at 1.0, linear schedule); only batch size, max length, steps and the data order are set.
 
 Shared everywhere: fp32 weights, AdamW(lr, betas (0.9, 0.999), eps 1e-8, weight decay 0), β = 0.1, dropout off.
 Run::
 
-    python -m tools.bench                       # the full benchmark (about 20 minutes on 2 cores)
+    python -m tools.bench                       # the full benchmark (about 30 minutes on 2 cores)
     python -m tools.bench --quick               # a smoke test: tiny model, 2 steps, 1 thread, plain + lit-align + trl
+    python -m tools.bench --arms plain-packed lit-align lit-align-previous trl trl-unfused --rounds 2
 
 TRL is an optional extra (``pip install -e ".[bench]"``); without it the TRL arms are skipped, saying so.
 """
@@ -62,8 +74,9 @@ from tools.common import peak_memory_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 HH_FILE = ROOT / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-ARMS = ("plain", "lit-align", "lit-align-padded", "trl", "trl-defaults", "lit-align-offline",
-        "lit-align-offline-padded", "lit-align-grouped", "lit-align-grouped-padded", "plain-grouped")
+ARMS = ("plain", "plain-packed", "lit-align", "lit-align-padded", "trl", "trl-defaults", "lit-align-offline",
+        "lit-align-offline-padded", "lit-align-grouped", "lit-align-grouped-padded", "plain-grouped",
+        "lit-align-unfused", "lit-align-per-tensor-guard", "lit-align-previous", "trl-unfused")
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
 TRL_SETTINGS = ("bf16", "gradient_checkpointing", "optim", "max_grad_norm", "lr_scheduler_type", "learning_rate",
                 "beta")
@@ -231,19 +244,30 @@ class StepLog:
                 **extra}
 
 
+def plain_adamw(params, spec: dict[str, Any]):
+    """The plain loops' AdamW: torch's fused kernel (as lit-align's default), or torch's own pick (``unfused``)."""
+    import torch
+
+    fused = {"fused": True} if spec["adamw"] == "fused" else {}
+    return torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0, **fused)
+
+
 def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
-    """The floor: the DPO step written out by hand, nothing else."""
+    """The floor: the DPO step written out by hand, nothing else, in the padded layout or (``plain-packed``) on
+    lit-align's packed rows."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
+
+    from lit_align.data.packing import CHOSEN, REJECTED, pack_pairs
 
     device = torch.device(spec["device"])
     policy = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32).to(device).train()
     reference = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32).to(device).eval()
     reference.requires_grad_(False)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=spec["lr"], weight_decay=0.0)
+    optimizer = plain_adamw(policy.parameters(), spec)
     rows = [json.loads(line) for line in Path(spec["order"]).read_text(encoding="utf-8").splitlines()]
-    batch_size, beta = spec["batch_size"], spec["beta"]
+    batch_size, beta, packed = spec["batch_size"], spec["beta"], spec["layout"] == "packed"
 
     def collate(pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sequences = [(p["prompt_ids"], p[side]) for side in ("chosen_ids", "rejected_ids") for p in pairs]
@@ -257,8 +281,21 @@ def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
             response[row, len(prompt) : len(prompt) + len(answer)] = True
         return ids.to(device), attention.to(device), response.to(device)
 
-    def sequence_logps(model, ids, attention, response) -> torch.Tensor:
-        hidden = model.model(input_ids=ids, attention_mask=attention).last_hidden_state
+    def pack(pairs: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pairs' packed rows; a token may see the earlier tokens of its pair, a rejected one not the chosen."""
+        layout = {name: value.to(device) for name, value in pack_pairs(pairs, 0, spec["row_tokens"]).items()}
+        pair, part = layout["pair_index"], layout["part"]
+        causal = torch.ones(pair.shape[1], pair.shape[1], dtype=torch.bool, device=device).tril()
+        crossing = (part[:, :, None] == REJECTED) & (part[:, None, :] == CHOSEN)
+        mask = ((pair[:, :, None] == pair[:, None, :]) & causal & ~crossing)[:, None]
+        inputs = {"input_ids": layout["input_ids"], "attention_mask": mask, "position_ids": layout["position_ids"]}
+        return inputs, layout["grid"], layout["response_ids"], layout["response_mask"]
+
+    def sequence_logps(model, inputs, grid, ids, response) -> torch.Tensor:
+        """Summed response log-probs; ``grid`` (packed rows) gathers each response's states from the rows."""
+        hidden = model.model(**inputs, use_cache=False).last_hidden_state
+        if grid is not None:
+            hidden = hidden.flatten(0, 1)[grid]
         rows, positions = response[:, 1:].nonzero(as_tuple=True)
         logits = model.lm_head(hidden[rows, positions]).float()
         token_logps = logits.gather(-1, ids[rows, positions + 1, None]).squeeze(-1) - logits.logsumexp(-1)
@@ -267,11 +304,18 @@ def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
     log = StepLog()
     log.restart()
     for step in range(spec["total_steps"]):
-        ids, attention, response = collate(rows[step * batch_size : (step + 1) * batch_size])
-        log.batch(ids, attention.sum())
-        policy_logps = sequence_logps(policy, ids, attention, response)
+        pairs = rows[step * batch_size : (step + 1) * batch_size]
+        if packed:
+            inputs, grid, ids, response = pack(pairs)
+            tokens = sum(2 * len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
+            log.batch(collate(pairs)[0] if step < RECORDED_STEPS else None, tokens, inputs["input_ids"])
+        else:
+            ids, attention, response = collate(pairs)
+            inputs, grid = {"input_ids": ids, "attention_mask": attention}, None
+            log.batch(ids, attention.sum())
+        policy_logps = sequence_logps(policy, inputs, grid, ids, response)
         with torch.no_grad():
-            ref_logps = sequence_logps(reference, ids, attention, response)
+            ref_logps = sequence_logps(reference, inputs, grid, ids, response)
         (chosen, rejected), (ref_chosen, ref_rejected) = policy_logps.chunk(2), ref_logps.chunk(2)
         chosen_rewards, rejected_rewards = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
         loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
@@ -293,6 +337,7 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import Callback
 
+    from lit_align.callbacks import NonFiniteGuard
     from lit_align.data import PreferenceDataModule
     from lit_align.data.collator import sequence_tokens
     from lit_align.data.packing import CHOSEN, PROMPT, REJECTED
@@ -301,9 +346,16 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
     from lit_align.module import AlignmentModule
     from lit_align.objectives import DPO
     from lit_align.reference import FrozenCopy, OfflineStore
+    from lit_align.schedule import AdamW
     from lit_align.trainer import AlignmentTrainer
 
     log = StepLog()
+
+    class PerTensorGuard(NonFiniteGuard):
+        """The guard's gradient check before issue 27: ``isfinite(grad).all()`` of every gradient, stacked."""
+
+        def suspect(self, grads):
+            return torch.stack([torch.isfinite(grad).all().logical_not() for grad in grads]).any()
 
     class StepTimer(Callback):
         def on_train_start(self, trainer, pl_module) -> None:
@@ -337,14 +389,16 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
 
     offline = spec["reference"] == "offline"
     reference = OfflineStore(spec["store"]) if offline else FrozenCopy()
+    fused = spec["adamw"] == "fused"  # lit-align's default optimizer at the bench's lr, or torch's own pick
+    optimizer = partial(AdamW, lr=spec["lr"]) if fused else partial(torch.optim.AdamW, lr=spec["lr"], weight_decay=0.0)
     module = AlignmentModule(DPO(beta=spec["beta"]), PolicySpec(path=spec["model"]), reference=reference,
-                             optimizer=partial(torch.optim.AdamW, lr=spec["lr"], weight_decay=0.0),
-                             packing=spec["packing"])
+                             optimizer=optimizer, packing=spec["packing"])
     data = PreferenceDataModule(**spec["data"])
     accelerator = "cpu" if spec["device"] == "cpu" else "gpu"
+    guard = [PerTensorGuard()] if spec["guard"] == "per-tensor" else []  # else the trainer's own NonFiniteGuard
     trainer = AlignmentTrainer(max_steps=spec["total_steps"], accelerator=accelerator, devices=1,
                                enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
-                               default_root_dir=spec["root"], callbacks=[StepTimer()])
+                               default_root_dir=spec["root"], callbacks=[*guard, StepTimer()])
     if spec.get("precompute"):
         start = time.perf_counter()
         trainer.precompute(module, data)
@@ -388,8 +442,9 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["defaults"]:
         config = DPOConfig(**common)
     else:
+        optim = "adamw_torch_fused" if spec["adamw"] == "fused" else "adamw_torch"
         config = DPOConfig(**common, beta=spec["beta"], learning_rate=spec["lr"], lr_scheduler_type="constant",
-                           optim="adamw_torch", weight_decay=0.0, max_grad_norm=0.0, bf16=False, fp16=False,
+                           optim=optim, weight_decay=0.0, max_grad_norm=0.0, bf16=False, fp16=False,
                            gradient_checkpointing=False)
     dataset = load_dataset("json", data_files=spec["order"], split="train").select_columns(
         ["prompt", "chosen", "rejected"])
@@ -415,7 +470,12 @@ def child(spec_path: str) -> None:
 
 
 def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int) -> dict[str, Any]:
+    import inspect
+
+    from lit_align.data import PreferenceDataModule
+
     grouped = "grouped" in arm
+    row_tokens = inspect.signature(PreferenceDataModule).parameters["pack_row_tokens"].default
     order = workdir / f"order-{'grouped' if grouped else 'random'}.jsonl"
     name = f"{arm}-{round_index}"
     spec = dict(arm=arm, kind=arm.split("-")[0], device=args.device,
@@ -425,6 +485,9 @@ def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int
                 result=str(workdir / "results" / f"{name}.json"), log=str(workdir / "logs" / f"{name}.log"),
                 reference="offline" if "offline" in arm else "online", store=str(workdir / "store"),
                 defaults=arm == "trl-defaults", packing=not arm.endswith("padded"),
+                layout="packed" if arm == "plain-packed" else "padded", row_tokens=row_tokens,
+                adamw="unfused" if arm.endswith(("-unfused", "-previous")) else "fused",
+                guard="per-tensor" if arm.endswith(("-per-tensor-guard", "-previous")) else "norm",
                 data=lit_data_settings(args, workdir, grouped))
     return spec
 
@@ -470,13 +533,15 @@ def print_report(summary: dict[str, dict[str, Any]], info: dict[str, Any], args:
           "tokens/s: non-pad tokens (chosen + rejected) per wall second; CPU s/step and tokens/CPU-s: process CPU "
           "time (all threads), less sensitive to other load on the machine. Ratios: tokens/s (tokens/CPU-s).")
     header = ("| arm | tokens/s | s/step | CPU s/step | tokens/CPU-s | positions/token | peak RSS MiB | vs trl | "
-              "vs lit-align-padded | vs plain |")
+              "vs lit-align-padded | vs its floor |")
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     for arm, s in summary.items():
-        floor = summary.get("plain-grouped" if "grouped" in arm else "plain")
+        floor = floor_of(arm, summary)
         print(f"| {arm} | {s['tokens_per_s']:.0f} | {s['s_per_step']:.2f} | {s['cpu_s_per_step']:.2f} | "
               f"{s['tokens_per_cpu_s']:.0f} | {s['positions_per_token']:.2f} | {s['peak_rss_mib']:.0f} | "
-              f"{ratio(s, summary.get('trl'))} | {ratio(s, summary.get('lit-align-padded'))} | {ratio(s, floor)} |")
+              f"{ratio(s, summary.get('trl'))} | {ratio(s, summary.get('lit-align-padded'))} | "
+              f"{ratio(s, summary.get(floor)) + f' ({floor})' if floor in summary else '-'} |")
+    print_overheads(summary)
     if "lit-align-offline" in summary and "lit-align" in summary:
         offline, online = summary["lit-align-offline"], summary["lit-align"]
         print(f"\noffline store step time / online step time: {offline['s_per_step'] / online['s_per_step']:.2f} "
@@ -490,6 +555,28 @@ def print_report(summary: dict[str, dict[str, Any]], info: dict[str, Any], args:
             print(f"{arm} settings: {summary[arm]['settings']}")
 
 
+def floor_of(arm: str, summary: dict[str, dict[str, Any]]) -> str:
+    """The plain loop an arm is measured against: ``plain-grouped`` for the grouped arms, ``plain-packed`` for the
+    other packed lit-align arms (when it ran), ``plain`` for the rest."""
+    if "grouped" in arm:
+        return "plain-grouped"
+    packed_lit = arm.startswith("lit-align") and not arm.endswith("padded")
+    return "plain-packed" if packed_lit and "plain-packed" in summary else "plain"
+
+
+def print_overheads(summary: dict[str, dict[str, Any]]) -> None:
+    """Each change to the step's own overheads: the arm with it over the arm without it, same run."""
+    changes = [("fused AdamW", "lit-align", "lit-align-unfused"),
+               ("guard on the total gradient norm", "lit-align", "lit-align-per-tensor-guard"),
+               ("both (lit-align now / before)", "lit-align", "lit-align-previous"),
+               ("TRL adamw_torch_fused / adamw_torch", "trl", "trl-unfused")]
+    shown = [(what, new, old) for what, new, old in changes if new in summary and old in summary]
+    if shown:
+        print("\nThe step's own overheads, tokens/s (tokens/CPU-s) of the arm with the change over the arm without:")
+    for what, new, old in shown:
+        print(f"- {what}: {new} / {old} = {ratio(summary[new], summary[old])}")
+
+
 def print_agreement(summary: dict[str, dict[str, Any]]) -> None:
     """The first steps' loss and metrics of every arm, and lit-align's largest difference from TRL and plain
     (absolute, relative for values above 1 in magnitude: summed log-probs of ~100 tokens carry fp32 rounding)."""
@@ -501,7 +588,7 @@ def print_agreement(summary: dict[str, dict[str, Any]]) -> None:
         for step, values in enumerate(s["first"]):
             print(f"| {arm} | {step} | " + " | ".join(f"{values[m]:.6f}" for m in METRICS) + " |")
     reference = summary.get("lit-align")
-    for other in ("trl", "plain"):
+    for other in ("trl", "plain", "plain-packed"):
         if reference and other in summary:
             worst = max(abs(a[m] - b[m]) / max(1.0, abs(a[m]))
                         for a, b in zip(reference["first"], summary[other]["first"], strict=True) for m in METRICS)
@@ -548,7 +635,7 @@ def main() -> None:
         args.max_length, args.max_prompt_length = 256, 192
         args.threads = args.threads or 1  # tiny steps: one thread avoids stalls when other jobs share the cores
         if args.arms == list(ARMS):
-            args.arms = ["plain", "lit-align", "lit-align-padded", "trl"]
+            args.arms = ["plain", "plain-packed", "lit-align", "lit-align-padded", "trl"]
     if args.warmup < RECORDED_STEPS:
         parser.error(f"--warmup must be at least {RECORDED_STEPS}")
     if importlib.util.find_spec("trl") is None:

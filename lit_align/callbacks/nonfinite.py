@@ -5,7 +5,11 @@ A NaN or inf loss (a log of zero, an overflowing exponent, a corrupted batch) wo
 and every step after it. The guard runs on every optimizer step, after backward and before the optimizer:
 
 * the loss of each micro-batch is checked in ``on_before_backward`` (so a gradient-accumulation step is skipped
-  when any of its micro-batches' loss is non-finite), and every gradient in ``on_before_optimizer_step``;
+  when any of its micro-batches' loss is non-finite), and the gradients in ``on_before_optimizer_step``, through
+  one fused scalar, their total norm (``torch.nn.utils.get_total_norm``: one reduction per gradient, which is
+  NaN or inf when any gradient holds a NaN or an inf), read from the device once with the loss's flag; only when
+  that norm is not finite is each gradient checked on its own, so a norm that overflowed while every gradient is
+  finite (squares beyond the dtype's range: values from about 1e19 in fp32) does not skip the step;
 * the decision is reduced across processes (a step is skipped on all of them when it is bad on any), so a
   distributed run stays in step;
 * a bad step's gradients are set to ``None``: the optimizer's ``step`` then leaves the weights and its own state
@@ -67,15 +71,29 @@ class NonFiniteGuard(Callback):
         bad_loss, self._bad_loss = self._bad_loss, None
         check_grads = getattr(trainer.precision_plugin, "scaler", None) is None
         grads = _gradients(optimizer) if check_grads else []
-        flags = [torch.isfinite(grad).all().logical_not() for grad in grads]
-        if bad_loss is not None:
-            flags.append(bad_loss.to(flags[0].device) if flags else bad_loss)
-        local = bool(torch.stack(flags).any()) if flags else False
+        local = self._bad_step(bad_loss, grads)
         if trainer.strategy.reduce_boolean_decision(local, all=False):
             self._skip(trainer, pl_module, optimizer, bad_loss is not None and bool(bad_loss))
         else:
             self.consecutive = 0
         pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
+
+    def _bad_step(self, bad_loss: Tensor | None, grads: list[Tensor]) -> bool:
+        """Whether this process's step is bad: its loss flag or'ed with :meth:`suspect` of its gradients, read in
+        one transfer; a suspect step whose loss was finite is confirmed gradient by gradient."""
+        flags = [] if bad_loss is None else [bad_loss.reshape(())]
+        if grads:
+            flags.append(self.suspect(grads))
+        if not flags or not bool(torch.stack([flag.to(flags[-1].device) for flag in flags]).any()):
+            return False
+        if bad_loss is not None and bool(bad_loss):
+            return True
+        return any(not bool(torch.isfinite(grad).all()) for grad in grads)
+
+    def suspect(self, grads: list[Tensor]) -> Tensor:
+        """A 0-d bool tensor, true when a gradient may be non-finite: their total norm is not finite (it is exactly
+        when a gradient is, except that the norm of huge finite values may overflow, which the caller rules out)."""
+        return torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).isfinite().logical_not()
 
     def _skip(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer,
               bad_loss: bool) -> None:
