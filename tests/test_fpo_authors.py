@@ -1,6 +1,7 @@
 """FPO as its authors' released code computes it (github.com/MikaStars39/FeatureAlignment,
 feature_alignment/model/fpo.py): the ``padded_shifted`` pooling against a naive float64 transcription of
-``fpo_get_batch_logps``'s feature part, and how it differs from the response mean."""
+``fpo_get_batch_logps``'s feature part, and how it differs from the response mean; the loss and logged rewards of
+``FPOModel.loss``; the accuracy its ``get_batch_metrics`` logs against flipped rejected rewards."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from lit_align.metrics import pair_metrics
 from lit_align.models.layout import PACKED
 from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FPO
-from lit_align.objectives.fpo import fpo_loss, topk_feature_mse
+from lit_align.objectives.base import PreferenceInputs
+from lit_align.objectives.fpo import flipped_accuracy, fpo_loss, topk_feature_mse
 from lit_align.reference.fingerprint import sae_fingerprint
 from lit_align.sae import SAEFeatures, SparseAutoencoder, pooled_features
 from tests.test_fpo_module import TOP_K, built, perturb, write_sae
@@ -152,3 +155,26 @@ def test_store_fingerprint_records_only_non_default_site_and_pooling(model_dir, 
     assert set(prints[0]) == {"weights", "layer", "d_sae"}
     assert prints[1]["site"] == "final_norm" and "pooling" not in prints[1]
     assert prints[2]["pooling"] == "padded_shifted" and prints[2] != prints[0]
+
+
+def test_flipped_accuracy_is_the_authors_logged_accuracy_beside_the_correct_one():
+    """The authors' get_batch_metrics logs ``(chosen_rewards > rejected_rewards.flip(dims=[0])).float()`` as
+    ``rewards/accuracies``: each chosen reward against another pair's rejected one. ``FPO(flipped_accuracy=True)``
+    logs it as ``rewards/accuracies_flipped``, beside the correct per-pair accuracy."""
+    chosen, rejected = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 2.5])
+    assert flipped_accuracy(chosen, rejected).tolist() == [0.0, 1.0, 1.0]  # 1 > 2.5, 2 > 1, 3 > 0
+    assert (chosen > rejected).float().tolist() == [1.0, 1.0, 1.0]  # every pair is ranked right
+    generator = torch.Generator().manual_seed(4)
+    summed = [-40 * torch.rand(6, generator=generator) for _ in range(4)]
+    lengths = [torch.randint(1, 30, (6,), generator=generator).float() for _ in range(2)]
+    features = [torch.rand(6, 32, generator=generator) for _ in range(4)]
+    inputs = PreferenceInputs(summed[0], summed[1], lengths[0], lengths[1], summed[2], summed[3],
+                              policy_chosen_features=features[0], policy_rejected_features=features[1],
+                              ref_chosen_features=features[2], ref_rejected_features=features[3])
+    output = FPO("unused", top_k=10, reward="margin_plus_feature", flipped_accuracy=True)(inputs)
+    authors = (output.chosen_rewards > output.rejected_rewards.flip(dims=[0])).float()
+    logged = pair_metrics(output, summed[0], summed[1])
+    torch.testing.assert_close(logged["rewards/accuracies_flipped"], authors)
+    torch.testing.assert_close(logged["rewards/accuracies"], (output.chosen_rewards > output.rejected_rewards).float())
+    assert not torch.equal(logged["rewards/accuracies_flipped"], logged["rewards/accuracies"])
+    assert "rewards/accuracies_flipped" not in FPO("unused", top_k=10)(inputs).metrics  # off by default

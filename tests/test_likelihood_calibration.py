@@ -1,6 +1,6 @@
 """The f-DPO paper's calibration measure against a naive float64 transcription of the authors' ``cali_plot.py``
 (numpy.digitize bins), merged states, bad input, and ``pair_statistics``' mean token log-probs against a naive
-per-token sum."""
+per-token sum, with and without the final EOS (``exclude_eos``, the authors' reading)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lit_align.eval import LikelihoodCalibrationError, PreferenceCalibrationError, pair_statistics
+from lit_align.eval.likelihood_calibration import without_final_end_token
 from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO
@@ -84,3 +85,46 @@ def test_pair_statistics_mean_logps_match_naive(model_dir, tokenizer_dir, explic
             naive_rejected.append(rejected)
     torch.testing.assert_close(stats.chosen_mean_logps, torch.cat(naive_chosen), atol=1e-4, rtol=0)
     torch.testing.assert_close(stats.rejected_mean_logps, torch.cat(naive_rejected), atol=1e-4, rtol=0)
+
+
+def test_without_final_end_token_drops_only_a_final_end_token():
+    ids = torch.tensor([[5, 6, 7, 2, 0], [5, 6, 7, 8, 9], [5, 2, 7, 3, 0]])
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 1, 1, 1, 0]], dtype=torch.bool)
+    kept = without_final_end_token(ids, mask, [2, 3])
+    assert kept.tolist() == [[False, True, True, False, False],  # EOS at the end: dropped
+                             [False, False, True, True, True],  # cut at max_length, no end token: kept
+                             [False, True, True, False, False]]  # an end id inside the response stays
+
+
+def test_pair_statistics_exclude_eos_is_the_authors_mean_without_the_end_token(model_dir, tokenizer_dir, explicit_file):
+    """The f-DPO authors score prompt + response without EOS: with ``exclude_eos`` the mean token log-prob is a
+    naive float64 mean over the response tokens but the final EOS; margins are the objective's either way."""
+    data = make_data(explicit_file, tokenizer_dir, val_fraction=0.5)
+    data.setup("fit")
+    module = AlignmentModule(DPO(beta=0.1), PolicySpec(path=model_dir))
+    module.configure_model()
+    batches = list(data.val_dataloader())
+    eos = data.tokenizer.eos_token_id
+    assert module.policy.config.eos_token_id == eos  # the default end_ids below are the tokenizer's EOS
+    default = pair_statistics(module, batches)
+    authors = pair_statistics(module, batches, exclude_eos=True)
+    explicit = pair_statistics(module, batches, exclude_eos=True, end_ids=[eos])
+    naive = []
+    with torch.no_grad():
+        for batch in batches:
+            ids, mask = batch["input_ids"], batch["response_mask"]
+            logits = module.policy(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+            logp = torch.log_softmax(logits.double(), -1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+            last = mask.long().cumsum(-1).eq(mask.long().sum(-1, keepdim=True)) & mask
+            assert (ids[last] == eos).all()  # every response here ends in EOS
+            kept = (mask & ~last)[:, 1:].double()
+            naive.append((logp * kept).sum(-1) / kept.sum(-1))
+    chosen = torch.cat([row.chunk(2)[0] for row in naive])
+    rejected = torch.cat([row.chunk(2)[1] for row in naive])
+    torch.testing.assert_close(authors.chosen_mean_logps, chosen, atol=1e-4, rtol=0)
+    torch.testing.assert_close(authors.rejected_mean_logps, rejected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(explicit.chosen_mean_logps, authors.chosen_mean_logps)
+    assert (authors.chosen_mean_logps - default.chosen_mean_logps).abs().max() > 1e-3  # the EOS term matters
+    torch.testing.assert_close(authors.margins, default.margins)
+    with pytest.raises(ValueError, match="end_ids"):
+        pair_statistics(module, batches, exclude_eos=True, end_ids=[])

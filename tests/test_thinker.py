@@ -183,3 +183,23 @@ def test_bad_thinker_setting_is_one_line_with_status_2(capsys, tmp_path, setting
         assert capsys.readouterr().err.strip() == line
     with pytest.raises((ValueError, ArgumentError), match=line.split("=")[0].rsplit(".", 1)[1]):
         thinker_cli.main([*args, "--debug"])  # the traceback, not the line
+
+
+def test_answer_bos_puts_the_bos_embedding_in_the_mean_answer_embedding(task_dir):
+    """The authors tokenise the answer with ``tokenizer(ans_str)`` (special tokens on: BOS), so their ē, the mean
+    answer embedding that picks L_focus's positive, averages the BOS embedding in; ``answer_bos=True`` does too."""
+    plain, authors = data(task_dir), data(task_dir, answer_bos=True)
+    batch, authors_batch = next(iter(plain.val_dataloader())), next(iter(authors.val_dataloader()))
+    bos = plain.tokenizer.bos_token_id
+    assert bos is not None and (authors_batch["answer_ids"][:, 0] == bos).all()
+    assert (batch["answer_ids"] != bos).all()
+    module = thinker(task_dir)
+    embed = module.base.get_input_embeddings()
+    with torch.no_grad():
+        ours, theirs = module(batch).answer_embedding, module(authors_batch).answer_embedding
+        for row in range(len(batch["answer"])):
+            answer = batch["answer_ids"][row][batch["answer_mask"][row].bool()]
+            torch.testing.assert_close(ours[row], embed(answer).mean(0))
+            with_bos = torch.cat([torch.tensor([bos]), answer])
+            torch.testing.assert_close(theirs[row], embed(with_bos).mean(0))
+    assert not torch.allclose(ours, theirs)

@@ -1,7 +1,7 @@
 """TDPO's Table 1 orderings on HH-RLHF at small scale: DPO, f-DPO (forward KL), TDPO1 and TDPO2 from one shared
 SFT warm-up, several seeds each; held-out preference accuracy and the entropy of sampled responses.
 
-    python -m tools.hh_orderings                 # 4 objectives × 3 seeds -> docs/hh_orderings.md
+    python -m tools.hh_orderings                 # 4 objectives × 5 seeds -> docs/hh_orderings.md
     python -m tools.hh_orderings --quick         # minutes, small model and data -> runs/hh_orderings_quick
 
 The HH stage (seeded split of data/'s harmless-base file, a byte-level BPE tokenizer, a small Llama
@@ -13,11 +13,14 @@ state) is a fresh process whose ``results.json`` is cached under ``--workdir``:
   with its own implicit reward (TDPO's includes its β·SeqKL term), as TDPO's Table 1 "Alignment: Accuracy";
 - ``entropy``: mean predictive entropy per token along responses sampled (temperature 1) from the policy for
   held-out prompts (:class:`~lit_align.eval.TokenEntropy`), the "Diversity: Entropy" column;
-- ``ece_margin`` (:class:`~lit_align.eval.PreferenceCalibrationError`, σ of the reward margin) and
-  ``ece_likelihood`` (:class:`~lit_align.eval.LikelihoodCalibrationError`, the f-DPO paper's measure).
+- ``ece_margin`` (:class:`~lit_align.eval.PreferenceCalibrationError`, σ of the reward margin),
+  ``ece_likelihood`` (:class:`~lit_align.eval.LikelihoodCalibrationError`, the f-DPO paper's measure, the mean
+  token log-prob counting the end token) and ``ece_likelihood_no_eos`` (the same without it, the authors' reading:
+  ``pair_statistics(exclude_eos=True)``).
 
-Each ordering is judged over seeds: the difference of the two seed means against twice its standard error
-(``√(se_a² + se_b²)``, each ``se`` the standard deviation over seeds over ``√n_seeds``).
+Each ordering is judged over seeds by the one rule of :mod:`lit_align.eval.verdict`: the 95% t-interval of the
+difference, paired by seed (every objective runs the same seeds: the same data order from the same SFT model, the
+same evaluation), Welch's where the seeds differ; ``holds`` / ``not shown`` / ``reversed``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from lit_align.eval import (
     sample_continuations,
     score_responses,
 )
+from lit_align.eval.verdict import compare
 from lit_align.models.policy import PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO, FDPO, TDPO, Objective
@@ -117,10 +121,13 @@ def run_one(name: str, seed: int, stage: Path, hh: HHSettings, sample: SampleSet
     trainer.fit_loop.epoch_loop.max_steps = max_steps
     trainer.fit(module, data)
     stats = pair_statistics(module, data.val_dataloader())
-    margin_ece, likelihood_ece = PreferenceCalibrationError(), LikelihoodCalibrationError()
+    tokenizer = AutoTokenizer.from_pretrained(stage / "sft")
+    no_eos = pair_statistics(module, data.val_dataloader(), exclude_eos=True, end_ids=[tokenizer.eos_token_id])
+    margin_ece, likelihood_ece, authors_ece = (PreferenceCalibrationError(), LikelihoodCalibrationError(),
+                                               LikelihoodCalibrationError())
     margin_ece.update(stats.margins)
     likelihood_ece.update(stats.chosen_mean_logps, stats.rejected_mean_logps)
-    tokenizer = AutoTokenizer.from_pretrained(stage / "sft")
+    authors_ece.update(no_eos.chosen_mean_logps, no_eos.rejected_mean_logps)
     prompts = heldout_prompts(stage, tokenizer, sample)
     texts = [s[0] for s in sample_continuations(module.policy, tokenizer, prompts, max_new_tokens=sample.max_new_tokens,
                                                 seed=sample.seed)]
@@ -130,6 +137,7 @@ def run_one(name: str, seed: int, stage: Path, hh: HHSettings, sample: SampleSet
     return {
         "name": name, "seed": seed, "accuracy": stats.accuracy, "entropy": float(entropy.compute()),
         "ece_margin": float(margin_ece.compute()), "ece_likelihood": float(likelihood_ece.compute()),
+        "ece_likelihood_no_eos": float(authors_ece.compute()),
         "val_pairs": len(stats.margins), "steps": trainer.global_step,
         "mean_words": statistics.fmean(len(t.split()) for t in texts), "seconds": time.perf_counter() - start,
     }
@@ -154,7 +162,7 @@ def orderings(
     workdir: str = ".cache/hh_orderings",
     out: str = "docs/hh_orderings.md",
     objectives: list[str] = ["dpo", "forward_kl", "tdpo1", "tdpo2"],  # noqa: B006
-    seeds: list[int] = [0, 1, 2],  # noqa: B006
+    seeds: list[int] = [0, 1, 2, 3, 4],  # noqa: B006
     hh: HHSettings = HHSettings(),  # noqa: B008
     sample: SampleSettings = SampleSettings(),  # noqa: B008
     max_steps: int = 64,
@@ -164,14 +172,15 @@ def orderings(
     """Build the HH stage, run every objective × seed (cached) and the SFT reference, write the report.
 
     ``max_steps`` caps each run's optimizer steps (-1: ``hh.max_epochs`` epochs); 64 is half an epoch of the
-    default split, what fits 13 runs in about half an hour on two shared cores."""
+    default split (13 runs, 3 seeds, took 26 min on two shared cores; 5 seeds make 21). A cached run without the
+    no-EOS likelihood ECE (older than it) is run again."""
     start = time.perf_counter()
     torch.set_num_threads(threads)
     stage = build_hh_stage(Path(workdir), hh)
     key = f"b{hh.beta:g}_lr{hh.lr:g}_e{hh.max_epochs}_s{max_steps}"
     cells = [("sft", 0)] + [(name, seed) for seed in seeds for name in objectives]
     dirs = {cell: Path(workdir) / "runs" / f"{cell[0]}_s{cell[1]}_{key}" for cell in cells}
-    pending = [cell for cell in cells if not (dirs[cell] / "results.json").is_file()]
+    pending = [cell for cell in cells if not _complete(dirs[cell] / "results.json")]
     errors: dict[str, str] = {}
     with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
         jobs_ = [(name, seed, str(stage), hh, sample, str(dirs[(name, seed)]), threads, max_steps)
@@ -188,6 +197,10 @@ def orderings(
     return path
 
 
+def _complete(path: Path) -> bool:
+    return path.is_file() and "ece_likelihood_no_eos" in json.loads(path.read_text())
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     """Mean and standard error over seeds (0 for a single seed)."""
     mean = statistics.fmean(values)
@@ -195,13 +208,13 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def judge(by_name: dict[str, list[dict]], metric: str, high: str, low: str) -> tuple[str, str]:
-    """Verdict on ``metric(high) > metric(low)`` over seeds, and its numbers."""
+    """Verdict on ``metric(high) > metric(low)`` over seeds (:func:`lit_align.eval.verdict.compare`: paired by
+    seed), and its numbers: the two seed means, the difference, its 95% interval, t against its critical value."""
     if high not in by_name or low not in by_name:
         return "not measured", "—"
-    (a, sa), (b, sb) = (mean_se([r[metric] for r in by_name[n]]) for n in (high, low))
-    diff, se = a - b, (sa**2 + sb**2) ** 0.5
-    verdict = "holds" if diff > 2 * se else "reversed" if diff < -2 * se else "not resolved"
-    return verdict, f"{a:.3f} − {b:.3f} = {diff:+.3f} (2·se {2 * se:.3f})"
+    a, b = ({r["seed"]: r[metric] for r in by_name[name]} for name in (high, low))
+    judged = compare(a, b)
+    return judged.verdict, f"{statistics.fmean(a.values()):.3f} vs {statistics.fmean(b.values()):.3f}: {judged.text()}"
 
 
 def report(results: list[dict], errors: dict[str, str], hh: HHSettings, sample: SampleSettings, executed: int,
@@ -226,27 +239,33 @@ def report(results: list[dict], errors: dict[str, str], hh: HHSettings, sample: 
         "every model). ECE (margin): 10-bin ECE of σ(r_w − r_l), confidence max(p, 1−p) "
         "(`PreferenceCalibrationError`). ECE (likelihood): the f-DPO paper's measure, 10-bin ECE of "
         "exp(mean token log-prob of the chosen response) against whether the policy's per-token log-prob prefers "
-        "the chosen response (`LikelihoodCalibrationError`). ± is one standard error over seeds.",
+        "the chosen response (`LikelihoodCalibrationError`); the mean counts the response's end token, the "
+        "authors' code scores the text without it: the \"no EOS\" column (`pair_statistics(exclude_eos=True)`). ± is "
+        "one standard error over seeds.",
         "",
-        "| objective | seeds | accuracy | entropy/token | ECE (margin) | ECE (likelihood) | words/sample "
-        "| paper accuracy (%) | paper entropy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| objective | seeds | accuracy | entropy/token | ECE (margin) | ECE (likelihood) | ECE (likelihood, no EOS) "
+        "| words/sample | paper accuracy (%) | paper entropy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in LABELS:
         runs = by_name.get(name)
         if not runs:
             continue
-        cols = [mean_se([r[m] for r in runs]) for m in ("accuracy", "entropy", "ece_margin", "ece_likelihood")]
-        cells = [f"{m:.3f}±{s:.3f}" for m, s in cols]
+        cols = [mean_se([r[m] for r in runs]) if all(m in r for r in runs) else None
+                for m in ("accuracy", "entropy", "ece_margin", "ece_likelihood", "ece_likelihood_no_eos")]
+        cells = [f"{c[0]:.3f}±{c[1]:.3f}" if c else "—" for c in cols]
         if name == "sft":  # the policy is the reference: every margin is 0, no reward accuracy or margin ECE
             cells[0] = cells[2] = "—"
         paper = PAPER.get(name, ("—", "—"))
         lines.append(f"| {LABELS[name]} | {len(runs)} | " + " | ".join(cells)
                      + f" | {statistics.fmean(r['mean_words'] for r in runs):.1f} | {paper[0]} | {paper[1]} |")
     lines += ["", "## The paper's orderings, judged over seeds", "",
-              "An ordering *holds* when the difference of seed means exceeds twice its standard error, is "
-              "*reversed* when it is below minus that, and is *not resolved* otherwise.", "",
-              "| ordering (paper) | outcome here | numbers |", "|---|---|---|"]
+              "Judged by `lit_align.eval.verdict`: the two-sided 95% t-interval of the difference, paired by seed "
+              "(every objective ran the same seeds), with the t critical value for its degrees of freedom. An "
+              "ordering *holds* when the interval lies above 0, is *reversed* when it lies below 0, and is *not "
+              "shown* otherwise (with the seeds per arm the observed difference would need).", "",
+              "| ordering (paper) | verdict here | numbers (seed means; Δ, interval, t vs critical value) |",
+              "|---|---|---|"]
     for metric, high, low in ORDERINGS:
         verdict, numbers = judge(by_name, metric, high, low)
         lines.append(f"| {metric}: {LABELS[high]} > {LABELS[low]} | **{verdict}** | {numbers} |")

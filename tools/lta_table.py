@@ -1,10 +1,17 @@
 """The LTA-Thinker ablation table on the built-in modular-arithmetic task (docs/lta_thinker.md).
 
-    python tools/lta_table.py --workdir .cache/lta_task --seeds 0 1 2 --jobs 2
+    python tools/lta_table.py --workdir .cache/lta_task --seeds 0 1 2 3 4 --jobs 2
 
 Pre-trains (once, cached) the frozen base, then for each configuration and seed trains a thought generator in a
 child process (one thread) and measures held-out accuracy: greedy, mean over k = 10 samples, and the majority
-vote over them (T 0.7, top-p 0.8, top-k 20). Each run's result is cached as JSON under ``<workdir>/table``.
+vote over them (T 0.7, top-p 0.8, top-k 20). Every trained configuration is also evaluated with its thoughts
+shuffled across the batch (the control for "the thoughts carry the question"). Each run's result is cached as
+JSON under ``<workdir>/table`` (a cached run lacking an evaluation its row now makes is run again).
+
+The table gives each row's mean ± standard deviation over seeds, the chance level (1 / modulus), the paired
+per-seed gaps generated − shuffled, and the claims docs/lta_thinker.md makes, each judged by the one rule of
+:mod:`lit_align.eval.verdict` on greedy accuracy: a 95% t-interval, paired by seed (every row ran the same seeds on
+the same base and data), verdict ``holds`` / ``not shown`` / ``reversed``.
 """
 
 from __future__ import annotations
@@ -19,22 +26,42 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from lit_align.eval.verdict import Comparison, compare, one_sample
+
 LEAK_FREE = dict(gold=False, positional=True)
 ALL = (0.33, 0.33, 0.33, 0.0)
 ROWS = {
     # name: (description, switches, loss weights (sft, focus, align, variance), thoughts evaluated)
     "placeholder": ("no thoughts: placeholders, untrained", LEAK_FREE, None, ("placeholder",)),
     "oracle": ("gold intermediate values as hint tokens (upper bound)", LEAK_FREE, None, ("oracle",)),
-    "sft": ("SFT only (leak-free, positional)", LEAK_FREE, (1.0, 0.0, 0.0, 0.0), ("generated",)),
-    "sft_kl": ("SFT + KL (leak-free, positional)", LEAK_FREE, (0.5, 0.0, 0.5, 0.0), ("generated",)),
+    "sft": ("SFT only (leak-free, positional)", LEAK_FREE, (1.0, 0.0, 0.0, 0.0), ("generated", "shuffled")),
+    "sft_kl": ("SFT + KL (leak-free, positional)", LEAK_FREE, (0.5, 0.0, 0.5, 0.0), ("generated", "shuffled")),
     "all": ("SFT + KL + focus (leak-free, positional)", LEAK_FREE, ALL, ("generated", "shuffled")),
     "authors": ("authors: gold steps in prompt, no positions, all three", dict(gold=True, positional=False), ALL,
-                ("generated",)),
-    "leak": ("gold steps in prompt, positional, all three", dict(gold=True, positional=True), ALL, ("generated",)),
-    "no_positions": ("leak-free, no positions, all three", dict(gold=False, positional=False), ALL, ("generated",)),
+                ("generated", "shuffled")),
+    "leak": ("gold steps in prompt, positional, all three", dict(gold=True, positional=True), ALL,
+             ("generated", "shuffled")),
+    "no_positions": ("leak-free, no positions, all three", dict(gold=False, positional=False), ALL,
+                     ("generated", "shuffled")),
     "variance": ("leak-free, positional, all three + Gaussian prior (a thought sample per answer)",
-                 dict(LEAK_FREE, variance=True), (0.33, 0.33, 0.33, 0.01), ("generated",)),
+                 dict(LEAK_FREE, variance=True), (0.33, 0.33, 0.33, 0.01), ("generated", "shuffled")),
 }
+TRAINED = [name for name, row in ROWS.items() if row[2] is not None]
+CLAIMS = [
+    # (claim, higher (row, thoughts), lower (row, thoughts)); greedy accuracy
+    *((f"`{name}` beats the untrained placeholder prompt", (name, "generated"), ("placeholder", "placeholder"))
+      for name in TRAINED),
+    *((f"`{name}`: its own thoughts beat shuffled ones (question-specific)", (name, "generated"),
+       (name, "shuffled")) for name in TRAINED),
+    ("SFT + KL beats SFT only", ("sft_kl", "generated"), ("sft", "generated")),
+    ("all three losses beat SFT only", ("all", "generated"), ("sft", "generated")),
+    ("the leak hurts, without positions (leak-free beats the authors' prompt)", ("no_positions", "generated"),
+     ("authors", "generated")),
+    ("the leak hurts, with positions", ("all", "generated"), ("leak", "generated")),
+    ("positions hurt (leak-free without beats with)", ("no_positions", "generated"), ("all", "generated")),
+    ("the Gaussian prior helps", ("variance", "generated"), ("all", "generated")),
+]
+"""The comparisons docs/lta_thinker.md states, each ``(claim, higher, lower)``."""
 
 
 def run(name: str, seed: int, workdir: Path, steps: int) -> dict:
@@ -83,26 +110,67 @@ def run(name: str, seed: int, workdir: Path, steps: int) -> dict:
     return results
 
 
-def table(results: list[dict]) -> str:
-    """Mean ± standard deviation over seeds of each row and evaluated thoughts."""
-    lines = ["| configuration | thoughts | greedy | sample (mean of 10) | vote@10 | vote gain |",
-             "|---|---|---|---|---|---|"]
+def table(results: list[dict], chance: float | None = None) -> str:
+    """Mean ± standard deviation over seeds of each row and evaluated thoughts, the chance line, the paired
+    generated − shuffled gaps and the claims, each judged by :mod:`lit_align.eval.verdict`."""
+    if chance is None:
+        from lit_align.thinker.task import ArithmeticSettings
+
+        chance = 1 / ArithmeticSettings().modulus
+    lines = ["| configuration | thoughts | seeds | greedy | sample (mean of 10) | vote@10 | vote gain |",
+             "|---|---|---|---|---|---|---|",
+             f"| chance (1 / modulus) | — | — | {chance:.3f} | {chance:.3f} | {chance:.3f} | — |"]
     for name, (description, _, _, evaluations) in ROWS.items():
         rows = [r for r in results if r["name"] == name]
-        for thoughts in evaluations if rows else ():
+        for thoughts in evaluations:
+            held = [r for r in rows if thoughts in r]
+            if not held:
+                continue
             cells = []
             for key in ("acc_greedy", "acc_sample", "acc_vote", "vote_gain"):
-                values = [r[thoughts][key] for r in rows]
+                values = [r[thoughts][key] for r in held]
                 spread = statistics.stdev(values) if len(values) > 1 else 0.0
                 cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}")
-            lines.append(f"| `{name}`: {description} | {thoughts} | " + " | ".join(cells) + " |")
+            lines.append(f"| `{name}`: {description} | {thoughts} | {len(held)} | " + " | ".join(cells) + " |")
+    lines += ["", "Generated − shuffled thoughts, greedy accuracy, paired per seed:", "",
+              "| configuration | gaps per seed | verdict | numbers |", "|---|---|---|---|"]
+    for name in TRAINED:
+        gaps = {r["seed"]: r["generated"]["acc_greedy"] - r["shuffled"]["acc_greedy"]
+                for r in results if r["name"] == name and "generated" in r and "shuffled" in r}
+        if gaps:
+            judged = one_sample([gaps[s] for s in sorted(gaps)])
+            listed = ", ".join(f"{gaps[s]:+.3f}" for s in sorted(gaps))
+            lines.append(f"| `{name}` | {listed} | **{judged.verdict}** | {judged.text()} |")
+    lines += ["", "| claim (greedy accuracy) | verdict | numbers (means; Δ, interval, t vs critical value) |",
+              "|---|---|---|"]
+    for claim, judged, means in claims(results, chance):
+        lines.append(f"| {claim} | **{judged.verdict}** | {means}: {judged.text()} |")
     return "\n".join(lines)
+
+
+def claims(results: list[dict], chance: float) -> list[tuple[str, Comparison, str]]:
+    """Each claim of :data:`CLAIMS` whose rows were run, and each trained row against chance, judged over seeds."""
+    def per_seed(row: str, thoughts: str) -> dict[int, float]:
+        return {r["seed"]: r[thoughts]["acc_greedy"] for r in results if r["name"] == row and thoughts in r}
+
+    judged = []
+    for name in TRAINED:
+        values = per_seed(name, "generated")
+        if values:
+            judged.append((f"`{name}` beats chance ({chance:.3f})", one_sample([v - chance for v in values.values()]),
+                           f"{statistics.fmean(values.values()):.3f} vs {chance:.3f}"))
+    for claim, high, low in CLAIMS:
+        a, b = per_seed(*high), per_seed(*low)
+        if a and b:
+            judged.append((claim, compare(a, b),
+                           f"{statistics.fmean(a.values()):.3f} vs {statistics.fmean(b.values()):.3f}"))
+    return judged
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path(".cache/lta_task"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps per training run (batch 64)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS))
     parser.add_argument("--jobs", type=int, default=1)
@@ -120,7 +188,8 @@ def main() -> None:
     subprocess.run([*base_command, "--child", "placeholder", "0"], check=True, env=env)  # builds the base once
 
     def child(job: tuple[str, int]) -> None:
-        if not (cache / f"{job[0]}-{job[1]}-{args.steps}.json").is_file():
+        path = cache / f"{job[0]}-{job[1]}-{args.steps}.json"
+        if not path.is_file() or not set(ROWS[job[0]][3]) <= set(json.loads(path.read_text())):
             subprocess.run([*base_command, "--child", job[0], str(job[1])], check=True, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             print(f"done {job}", flush=True)

@@ -17,9 +17,18 @@ and with ``B`` bins ``[b/B, (b+1)/B)``, ``b = 0..B-1`` (``numpy.digitize`` over 
 
 where ``n`` counts every pair; a confidence of exactly 1 falls in no bin (as in the authors' code) but still
 counts in ``n``. Only the policy enters: no reference, no β.
+
+A departure, and the option that removes it: lit-align's responses end in one end token (EOS, or a chat
+template's end of turn) that the policy is trained to emit, and ``|y|`` above counts it; the authors score
+prompt + response text without EOS, so their ``ℓ`` is the mean over the response's text tokens only. Both readings
+come from :func:`~lit_align.eval.pairs.pair_statistics`: ``exclude_eos=True`` leaves each response's final end
+token out of the sum and the count (:func:`without_final_end_token`), the authors' reading; the default keeps it.
+A response cut at ``max_length`` has no end token and is the same under both.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import torch
 from jsonargparse.typing import PositiveInt
@@ -75,3 +84,21 @@ class LikelihoodCalibrationError(Metric):
     def compute(self) -> Tensor:
         gaps = (self.bin_correct - self.bin_confidence).abs()  # n_b · |accuracy_b − confidence_b|
         return gaps.sum() / self.total.clamp(min=1)
+
+
+def without_final_end_token(input_ids: Tensor, response_mask: Tensor, end_ids: Collection[int]) -> Tensor:
+    """``response_mask`` without each row's final response token where that token is one of ``end_ids``.
+
+    Args:
+        input_ids: ``(rows, time)`` token ids.
+        response_mask: ``(rows, time)`` bool, true on response tokens (the end token included).
+        end_ids: the end tokens (EOS, end of turn).
+
+    Returns:
+        ``(rows, time)`` bool; a row whose last response token is not an end token (a truncated response) keeps
+        its mask.
+    """
+    mask = response_mask.bool()
+    last = mask & (mask.long().cumsum(-1) == mask.long().sum(-1, keepdim=True))
+    ends = torch.isin(input_ids, torch.as_tensor(list(end_ids), device=input_ids.device))
+    return mask & ~(last & ends)

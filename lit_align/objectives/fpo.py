@@ -15,7 +15,9 @@ paper: β = 0.1, α = 0.5, k = 50. The reference side (mean log-probs and pooled
 training, so it can come from the offline store (``lit-align precompute``): FPO then loads no reference model.
 
 The logged rewards are ``β m(y)`` per response; the metrics ``feature_mse/chosen`` = D(y_w),
-``feature_mse/rejected`` = D(y_l) and ``feature_mse/margin`` = their difference are reported per pair.
+``feature_mse/rejected`` = D(y_l) and ``feature_mse/margin`` = their difference are reported per pair. With
+``flipped_accuracy`` also ``rewards/accuracies_flipped`` (:func:`flipped_accuracy`), the accuracy the authors' code
+logs, beside the correct ``rewards/accuracies`` = ``[r(y_w,i) > r(y_l,i)]``.
 
 FPO holds only this math. Its features come from a :class:`~lit_align.sae.SAEFeatures` extractor (a frozen SAE at
 one layer: loading, hooking and pooling live in :mod:`lit_align.sae`), which the module obtains through the
@@ -61,6 +63,23 @@ def topk_feature_mse(policy_features: Tensor, ref_features: Tensor, top_k: int, 
     reference = ref_features.gather(-1, indices)
     mse = (policy_features.gather(-1, indices) - reference).pow(2).mean(dim=-1)
     return mse / (reference.detach().pow(2).mean(dim=-1) + 1e-8) if relative else mse
+
+
+def flipped_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
+    """``[r(y_w,i) > r(y_l,B−1−i)]`` per pair of a batch of ``B``: the "accuracy calculated on unpaired examples"
+    that the FPO authors' ``FPOModel.get_batch_metrics`` logs as ``rewards/accuracies``
+    (``chosen_rewards > rejected_rewards.flip(dims=[0])``). Each chosen reward is compared with another pair's
+    rejected reward, so it is not the preference accuracy (``[r(y_w,i) > r(y_l,i)]``) and it depends on the
+    batch's order and size (a batch of one gives the correct value).
+
+    Args:
+        chosen_rewards: ``(batch,)``.
+        rejected_rewards: ``(batch,)``.
+
+    Returns:
+        ``(batch,)`` float, 1 where the chosen reward exceeds the flipped rejected one.
+    """
+    return (chosen_rewards.detach() > rejected_rewards.detach().flip(dims=[0])).float()
 
 
 def fpo_loss(
@@ -139,6 +158,8 @@ class FPO(Objective):
             authors' code); the loss is the same.
         relative_mse: constrain ``D_rel``, the drift relative to the reference features' own scale, so that α
             carries across models and SAEs (see docs/fpo.md); off by default, as the paper.
+        flipped_accuracy: also log ``rewards/accuracies_flipped`` (:func:`flipped_accuracy`), the accuracy the
+            authors' code reports, beside the correct ``rewards/accuracies``.
     """
 
     needs: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "sae_features"})
@@ -153,6 +174,7 @@ class FPO(Objective):
         features: SAEFeatures | None = None,
         reward: RewardLog = "margin",
         relative_mse: bool = False,
+        flipped_accuracy: bool = False,
     ) -> None:
         if (sae_path is None) == (features is None):
             raise ValueError("FPO reads the features of one SAE: give one of sae_path (with layer) and features")
@@ -171,6 +193,7 @@ class FPO(Objective):
             raise ValueError(f"reward must be 'margin' or 'margin_plus_feature', got reward={reward!r}")
         self.reward = reward
         self.relative_mse = relative_mse
+        self.flipped_accuracy = flipped_accuracy
 
     @property
     def name(self) -> str:
@@ -209,4 +232,6 @@ class FPO(Objective):
             "feature_mse/rejected": rejected_mse,
             "feature_mse/margin": chosen_mse - rejected_mse,
         }
+        if self.flipped_accuracy:
+            metrics["rewards/accuracies_flipped"] = flipped_accuracy(chosen_rewards, rejected_rewards)
         return ObjectiveOutput(losses, chosen_rewards, rejected_rewards, metrics)

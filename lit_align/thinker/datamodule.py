@@ -42,6 +42,9 @@ class ReasoningDataModule(L.LightningDataModule):
         markers: the marker tokens.
         target: what the base learns to write: the answer alone or the gold steps then the answer.
         max_length, batch_size, eval_batch_size, num_workers: as usual.
+        answer_bos: tokenise the answer whose mean embedding ``ē`` picks ``L_focus``'s positive with the
+            tokenizer's special tokens (Llama-3: BOS), as the authors' ``tokenizer(answer)``; default: its own
+            tokens only (:mod:`lit_align.thinker.encoding`).
     """
 
     def __init__(
@@ -58,8 +61,10 @@ class ReasoningDataModule(L.LightningDataModule):
         eval_batch_size: PositiveInt | None = None,
         num_workers: int = 0,
         columns: dict[str, str] | None = None,
+        answer_bos: bool = False,
     ) -> None:
         super().__init__()
+        self.answer_bos = answer_bos
         try:
             self.columns = check_columns(columns)
         except ValueError as error:
@@ -92,7 +97,7 @@ class ReasoningDataModule(L.LightningDataModule):
         for split in ("train", "val") if stage in (None, "fit") else ("val",):
             if split in self.rows:
                 continue
-            encoded = [encode(e, self.tokenizer, marker_ids, self.markers.answer_prefix, self.target)
+            encoded = [encode(e, self.tokenizer, marker_ids, self.markers.answer_prefix, self.target, self.answer_bos)
                        for e in self.examples(split)]
             fits = [max(len(row["input_ids"]), len(row["gen_steps_ids"])) <= self.max_length for row in encoded]
             self.rows[split] = [row for row, fit in zip(encoded, fits, strict=True) if fit]
@@ -123,7 +128,7 @@ class ModularArithmeticData(ReasoningDataModule):
         task: the task and base settings.
         num_train, num_val: examples drawn for training and for held-out evaluation (questions not in training).
         data_seed: seed of the drawn examples.
-        num_thoughts, batch_size, eval_batch_size: as :class:`ReasoningDataModule`.
+        num_thoughts, batch_size, eval_batch_size, answer_bos: as :class:`ReasoningDataModule`.
     """
 
     def __init__(
@@ -136,10 +141,11 @@ class ModularArithmeticData(ReasoningDataModule):
         num_thoughts: PositiveInt = 2,
         batch_size: PositiveInt = 64,
         eval_batch_size: PositiveInt | None = 250,
+        answer_bos: bool = False,
     ) -> None:
         self.base_dir = Path(workdir) / "base"
         super().__init__(tokenizer=str(self.base_dir), num_thoughts=num_thoughts, target="answer", max_length=64,
-                         batch_size=batch_size, eval_batch_size=eval_batch_size)
+                         batch_size=batch_size, eval_batch_size=eval_batch_size, answer_bos=answer_bos)
         self.task = task or ArithmeticSettings()
         self.counts, self.data_seed = {"train": num_train, "val": num_val}, data_seed
 

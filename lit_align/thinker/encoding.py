@@ -9,6 +9,10 @@ For a question ``q``, gold steps ``s_1..s_S`` and answer ``a`` (``⟨x⟩`` are 
 The thought slots of the base are the ``⟨think⟩`` positions; the anchor is the ``⟨end⟩`` after the question; the
 step vectors are read at each step's ``⟨end⟩`` of ``gen+steps``. No chat template: markers are single tokens of
 the base's tokenizer (e.g. Llama-3's ``<|reserved_special_token_k|>``, as the authors use).
+
+``answer_ids`` (whose mean base embedding ``ē`` picks the positive step of ``L_focus``) are the answer's own
+tokens; the authors' ``assistant_tokenizer(ans_str)`` adds the tokenizer's special tokens (Llama-3: BOS), so their
+``ē`` averages the BOS embedding in: ``answer_bos=True`` reproduces that.
 """
 
 from __future__ import annotations
@@ -62,9 +66,10 @@ def _single_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
 
 def encode(
     example: ReasoningExample, tokenizer: PreTrainedTokenizerBase, marker_ids: dict[str, Any],
-    answer_prefix: str = "####", target: Target = "answer",
+    answer_prefix: str = "####", target: Target = "answer", answer_bos: bool = False,
 ) -> dict[str, Any]:
-    """The ids and positions of one example (see the module docstring)."""
+    """The ids and positions of one example (see the module docstring); ``answer_bos`` tokenises ``answer_ids``
+    with the tokenizer's special tokens, as the authors do."""
     question = tokenizer(example.question, add_special_tokens=True)["input_ids"]
     steps = [tokenizer(step, add_special_tokens=False)["input_ids"] for step in example.steps]
     text = f"{answer_prefix} {example.answer}"
@@ -89,7 +94,7 @@ def encode(
         "gen_steps_slots": list(range(len(gen_steps), len(gen_steps) + n)),
         "q_end": len(question),
         "step_ends": step_ends,
-        "answer_ids": tokenizer(example.answer, add_special_tokens=False)["input_ids"],
+        "answer_ids": tokenizer(example.answer, add_special_tokens=answer_bos)["input_ids"],
         "answer": example.answer,
     }
 

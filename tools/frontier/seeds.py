@@ -1,11 +1,12 @@
-"""The frontier's claims judged over seeds: every cell (objective × β) is run with several seeds, every number is
-a mean over seeds with its standard error (standard deviation over seeds / √n), and each claim's premise is
-checked before the claim (``not testable here`` when the premise does not show on this task).
+"""The frontier's claims judged over seeds: every cell (objective × β) is run with several seeds, and each claim
+is judged by the one rule of :mod:`lit_align.eval.verdict` — a two-sided 95% t-interval of the effect, paired by
+seed where the arms ran the same seeds (here they do: a seed sets the training order and the global RNG of every
+objective alike, on the same data and evaluation), Welch's otherwise — with the verdicts ``holds``, ``not shown``
+(with the seeds per arm the observed effect would need) and ``reversed``. Each claim's premise is checked first
+(``not testable here`` when it does not hold on this task); ``not measured`` when a run it needs is missing.
 
-A difference *holds* when it exceeds twice its standard error ``√(se_a² + se_b²)``; the opposite sign beyond
-that is a contradiction; anything smaller is not resolved. Input: one dict per run with ``name``, ``label``,
-``beta``, ``seed`` and the per-run scalars of :data:`METRICS` (:func:`run_scalars` makes them from the runs
-``python -m tools.frontier --seeds`` writes).
+Input: one dict per run with ``name``, ``label``, ``beta``, ``seed`` and the per-run scalars of :data:`METRICS`
+(:func:`run_scalars` makes them from the runs ``python -m tools.frontier --seeds`` writes).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Literal
 import torch
 
 from lit_align.eval import LikelihoodCalibrationError, PreferenceCalibrationError
+from lit_align.eval.verdict import Comparison, combine, one_sample
+from lit_align.eval.verdict import compare as compare_seeds
 from tools.frontier.claims import Frontier, RunSummary
 
-Outcome = Literal["holds", "partly", "does not hold", "not testable here", "not measured"]
+Outcome = Literal["holds", "not shown", "reversed", "not testable here", "not measured"]
 METRICS = ("reward", "entropy", "distinct_2", "kl_reverse", "accuracy", "seq_kl_gap", "ece_margin", "ece_likelihood",
            "reward_above_dpo")
 """Per-run scalars: end-of-training reward, entropy/token, distinct-2 and KL(π‖π_ref); held-out accuracy;
@@ -32,15 +35,15 @@ DIVERGENCES = ("dpo", "js", "forward_kl")
 
 @dataclass
 class Cell:
-    """One objective × β over its seeds."""
+    """One objective × β over its seeds: ``values[metric][seed]``."""
 
     name: str
     label: str
     beta: float
-    values: dict[str, list[float]] = field(default_factory=dict)
+    values: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def mean_se(self, metric: str) -> tuple[float, float]:
-        xs = self.values.get(metric, [])
+        xs = list(self.values.get(metric, {}).values())
         if not xs:
             return float("nan"), float("nan")
         return statistics.fmean(xs), (statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("inf"))
@@ -64,25 +67,23 @@ def cells(runs: Sequence[dict]) -> dict[tuple[str, float], Cell]:
         cell = table.setdefault((run["name"], run["beta"]), Cell(run["name"], run["label"], run["beta"]))
         for metric in METRICS:
             if run.get(metric) is not None:
-                cell.values.setdefault(metric, []).append(float(run[metric]))
+                cell.values.setdefault(metric, {})[int(run["seed"])] = float(run[metric])
     return table
 
 
-def compare(a: Cell, b: Cell, metric: str) -> tuple[int, str]:
-    """``+1`` when ``a`` exceeds ``b`` on ``metric`` by more than twice the standard error of the difference,
-    ``-1`` when it falls short by as much, ``0`` otherwise; and the numbers."""
-    (ma, sa), (mb, sb) = a.mean_se(metric), b.mean_se(metric)
-    diff, se = ma - mb, (sa**2 + sb**2) ** 0.5
-    sign = 1 if diff > 2 * se else -1 if diff < -2 * se else 0
-    return sign, f"{ma:.3f} − {mb:.3f} = {diff:+.3f} (2·se {2 * se:.3f})"
+def compare(a: Cell, b: Cell, metric: str, level: float = 0.95) -> Comparison:
+    """The claim ``metric(a) > metric(b)`` judged over seeds (paired where both cells ran the same seeds)."""
+    return compare_seeds(a.values.get(metric, {}), b.values.get(metric, {}), level)
 
 
-def _outcome(results: Sequence[bool], testable: int) -> Outcome:
-    if not testable:
-        return "not testable here"
-    if all(results):
-        return "holds"
-    return "partly" if any(results) else "does not hold"
+def _said(what: str, a: Cell, b: Cell, metric: str, judged: Comparison) -> str:
+    return f"{what} {a.text(metric)} vs {b.text(metric)}: {judged.text()} (**{judged.verdict}**)"
+
+
+def _outcome(parts: Sequence[Comparison], evidence: list[str]) -> Outcome:
+    if parts:
+        return combine(parts)
+    return "not testable here" if evidence else "not measured"
 
 
 def _betas(table: dict[tuple[str, float], Cell]) -> list[float]:
@@ -91,81 +92,75 @@ def _betas(table: dict[tuple[str, float], Cell]) -> list[float]:
 
 def check_diversity_order(table: dict[tuple[str, float], Cell]) -> Verdict:
     """f-DPO: entropy rises from reverse KL through JS to forward KL while reward falls. Premise: reward falls
-    from reverse to forward KL (the trade-off the claim is about) beyond the noise."""
+    from reverse to forward KL (the trade-off the claim is about); each step of the ordering is one comparison."""
     claim = "Diversity (entropy/token) rises from reverse KL to JS to forward KL while reward falls (f-DPO)"
-    evidence, results = [], []
+    evidence, parts = [], []
     for beta in _betas(table):
         present = [table.get((name, beta)) for name in DIVERGENCES]
         if any(cell is None for cell in present):
             continue
         reverse, js, forward = present
-        premise, reward_text = compare(reverse, forward, "reward")
-        if premise != 1:
-            evidence.append(f"β={beta:g}: premise not shown, reward reverse − forward {reward_text}")
+        premise = compare(reverse, forward, "reward")
+        if premise.verdict != "holds":
+            evidence.append(f"β={beta:g}: premise not shown: " + _said("reward reverse vs forward", reverse, forward,
+                                                                          "reward", premise))
             continue
         steps = [compare(js, reverse, "entropy"), compare(forward, js, "entropy")]
-        ok = all(sign == 1 for sign, _ in steps)
-        results.append(ok)
-        evidence.append(f"β={beta:g}: reward falls ({reward_text}); entropy JS − reverse {steps[0][1]}, forward − "
-                        f"JS {steps[1][1]} ({'yes' if ok else 'no'})")
-    if not evidence:
-        return Verdict(claim, "not measured", [])
-    return Verdict(claim, _outcome(results, len(results)), evidence)
+        parts += steps
+        evidence.append(f"β={beta:g}: premise: reward falls ({premise.text()}); "
+                        + _said("entropy JS vs reverse", js, reverse, "entropy", steps[0]) + "; "
+                        + _said("forward vs JS", forward, js, "entropy", steps[1]))
+    return Verdict(claim, _outcome(parts, evidence), evidence)
 
 
 def check_kl_balance(table: dict[tuple[str, float], Cell]) -> Verdict:
     """TDPO: under DPO the rejected response's sequential KL grows faster than the chosen one's, and TDPO keeps
-    them closer. Premise: DPO's gap SeqKL(rejected) − SeqKL(chosen) is positive beyond the noise."""
+    them closer. Premise: DPO's gap SeqKL(rejected) − SeqKL(chosen) is positive (one sample over seeds)."""
     claim = "TDPO keeps the sequential KL of chosen and rejected responses closer than DPO (TDPO)"
-    evidence, results = [], []
+    evidence, parts = [], []
     for beta in _betas(table):
         dpo = table.get(("dpo", beta))
         tdpo = [table[(name, beta)] for name in ("tdpo1", "tdpo2") if (name, beta) in table]
         if dpo is None or not tdpo or "seq_kl_gap" not in dpo.values:
             continue
-        mean, se = dpo.mean_se("seq_kl_gap")
-        if not mean > 2 * se:
-            evidence.append(f"β={beta:g}: premise not shown, DPO's gap rejected − chosen {mean:+.3f} "
-                            f"(2·se {2 * se:.3f})")
+        premise = one_sample(list(dpo.values["seq_kl_gap"].values()))
+        if premise.verdict != "holds":
+            evidence.append(f"β={beta:g}: premise not shown, DPO's gap rejected − chosen: {premise.text()}")
             continue
         for cell in tdpo:
-            sign, text = compare(dpo, cell, "seq_kl_gap")
-            results.append(sign == 1)
-            evidence.append(f"β={beta:g}: DPO gap − {cell.label} gap {text} ({'yes' if sign == 1 else 'no'})")
-    if not evidence:
-        return Verdict(claim, "not measured", [])
-    return Verdict(claim, _outcome(results, len(results)), evidence)
+            judged = compare(dpo, cell, "seq_kl_gap")
+            parts.append(judged)
+            evidence.append(f"β={beta:g}: " + _said(f"DPO gap vs {cell.label} gap", dpo, cell, "seq_kl_gap", judged))
+    return Verdict(claim, _outcome(parts, evidence), evidence)
 
 
 def check_reward_above_frontier(table: dict[tuple[str, float], Cell]) -> Verdict:
     """TDPO: TDPO2 reaches a higher reward than DPO at equal KL. Each TDPO2 run's reward above DPO's frontier at
-    its KL (``reward_above_dpo``), averaged over seeds, must exceed twice its seed-level standard error. No premise
-    beyond DPO's frontier spanning the run's KL (a seed outside it is left out)."""
+    its KL (``reward_above_dpo``) is one value per seed, judged against 0 (one sample). No premise beyond DPO's
+    frontier spanning the run's KL (a seed outside it is left out)."""
     claim = "TDPO2 reaches higher reward than DPO at equal KL(π‖π_ref) (TDPO)"
-    evidence, results = [], []
+    evidence, parts = [], []
     for beta in _betas(table):
         cell = table.get(("tdpo2", beta))
         if cell is None:
             continue
-        above = cell.values.get("reward_above_dpo", [])
+        above = list(cell.values.get("reward_above_dpo", {}).values())
         if len(above) < 2:
             evidence.append(f"β={beta:g}: {len(above)} seed(s) within DPO's measured KL range, not judged")
             continue
-        mean, se = cell.mean_se("reward_above_dpo")
-        results.append(mean > 2 * se)
-        evidence.append(f"β={beta:g}: reward above DPO's frontier per seed "
-                        f"{', '.join(f'{x:+.3f}' for x in above)}; mean {mean:+.3f} (2·se {2 * se:.3f}) "
-                        f"({'yes' if results[-1] else 'no'})")
-    if not evidence:
-        return Verdict(claim, "not measured", [])
-    return Verdict(claim, _outcome(results, len(results)), evidence)
+        judged = one_sample(above)
+        parts.append(judged)
+        evidence.append(f"β={beta:g}: reward above DPO's frontier per seed {', '.join(f'{x:+.3f}' for x in above)}: "
+                        f"{judged.text()} (**{judged.verdict}**)")
+    return Verdict(claim, _outcome(parts, evidence), evidence)
 
 
 def check_ece_changes(table: dict[tuple[str, float], Cell], metric: str, measure: str) -> Verdict:
-    """f-DPO: the divergence changes the calibration error. At each β the f-DPO runs' lowest and highest seed
-    means must differ by more than twice the standard error of their difference. No premise."""
+    """f-DPO: the divergence changes the calibration error. At each β the f-DPO runs with the lowest and the
+    highest seed mean are compared; as that pair is picked after looking, its interval is Bonferroni-corrected
+    for the ``k (k − 1) / 2`` pairs of the ``k`` divergences (level ``1 − 0.05 / m``). No premise."""
     claim = f"The divergence changes the calibration error, {measure} (f-DPO)"
-    evidence, results = [], []
+    evidence, parts = [], []
     for beta in _betas(table):
         present = [c for (name, b), c in table.items() if b == beta and (name in DIVERGENCES or "alpha" in name)
                    and metric in c.values]
@@ -173,13 +168,13 @@ def check_ece_changes(table: dict[tuple[str, float], Cell], metric: str, measure
             continue
         low = min(present, key=lambda c: c.mean_se(metric)[0])
         high = max(present, key=lambda c: c.mean_se(metric)[0])
-        sign, text = compare(high, low, metric)
-        results.append(sign == 1)
+        pairs = len(present) * (len(present) - 1) // 2
+        judged = compare(high, low, metric, level=1 - 0.05 / pairs)
+        parts.append(judged)
         listed = ", ".join(f"{c.label} {c.text(metric)}" for c in present)
-        evidence.append(f"β={beta:g}: {listed}; highest − lowest {text} ({'yes' if sign == 1 else 'no'})")
-    if not evidence:
-        return Verdict(claim, "not measured", [])
-    return Verdict(claim, _outcome(results, len(results)), evidence)
+        evidence.append(f"β={beta:g}: {listed}; highest vs lowest ({pairs} pairs): {judged.text()} "
+                        f"(**{judged.verdict}**)")
+    return Verdict(claim, _outcome(parts, evidence), evidence)
 
 
 def verdicts(runs: Sequence[dict]) -> list[Verdict]:
@@ -221,11 +216,16 @@ def seed_section(runs: list[RunSummary]) -> list[str]:
     fewest = min(per_cell.values(), default=0)
     lines = ["## Claims judged over seeds", ""]
     if fewest < 3:
-        return lines + [f"Not judged: the fewest seeds in a cell is {fewest}; run with `--seeds '[0, 1, 2]'` (at least "
-                        "3 per cell). Until then the claims above rest on one seed and no run-to-run noise estimate."]
-    lines += [f"{fewest}+ seeds per cell; a difference counts when it exceeds twice its seed-level standard error; "
-              "a claim whose premise does not show here is *not testable here*.", "",
-              "| claim | outcome | numbers |", "|---|---|---|"]
+        return lines + [f"Not judged: the fewest seeds in a cell is {fewest}; run with `--seeds '[0, 1, 2, 3, 4]'` "
+                        "(at least 3 per cell, 5 to resolve effects of the size of the seed noise). Until then the "
+                        "claims above rest on one seed and no run-to-run noise estimate."]
+    lines += [f"{fewest}+ seeds per cell. Each claim is judged by `lit_align.eval.verdict`: the two-sided 95% "
+              "t-interval of the effect, paired by seed (every objective ran the same seeds), with the t critical "
+              "value for its degrees of freedom; **holds** when the interval lies above 0, **reversed** below, "
+              "**not shown** otherwise (with the seeds per arm the observed effect would need). A claim of several "
+              "comparisons holds when each does; a claim whose premise does not show here is *not testable here*.",
+              "", "| claim | verdict | numbers (mean ± se over seeds; Δ, interval, t vs critical value) |",
+              "|---|---|---|"]
     dpo = Frontier.of(runs)
     for verdict in verdicts([run_scalars(run, dpo) for run in runs]):
         lines.append(f"| {verdict.claim} | **{verdict.outcome}** | {'<br>'.join(verdict.evidence) or '—'} |")
