@@ -8,6 +8,7 @@ base read again in full precision (the usual QLoRA release: the 4-bit weights ar
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,6 +53,9 @@ def quantized_arguments(quantization: Quantization | None, dtype: str) -> dict:
     bitsandbytes config, and the device the model is built on (the one Lightning initialises models on)."""
     if quantization is None:
         return {}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.policy.quantization", quantization, "bitsandbytes, which quantises the base: "
+                          "pip install 'lit-align[qlora]'")
     return {"quantization_config": quantization.bitsandbytes_config(dtype),
             "device_map": {"": torch.get_default_device()}}
 
