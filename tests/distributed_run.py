@@ -29,6 +29,7 @@ from lit_align.models.policy import LoraSettings, PolicySpec
 from lit_align.module import AlignmentModule
 from lit_align.objectives import FDPO
 from lit_align.reference import FrozenCopy
+from lit_align.reference.sync import ReferenceSync
 from lit_align.trainer import AlignmentTrainer
 
 
@@ -110,6 +111,8 @@ def run(spec: dict[str, Any]) -> AlignmentModule:
         callbacks.append(SaveHFModel(dirpath=str(out / "adapter")))  # the adapter alone
     if spec.get("save_hf"):
         callbacks.append(SaveHFModel(dirpath=str(out / "hf")))
+    if spec.get("tr_dpo"):
+        callbacks.append(ReferenceSync(**spec["tr_dpo"]))
     if spec.get("save_every"):
         callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="{step}",
                                          every_n_train_steps=spec["save_every"], save_top_k=-1))

@@ -89,7 +89,7 @@ def test_refuses_a_reference_without_a_model_of_its_own(reference):
 
 def test_refuses_a_lora_policy():
     module = SimpleNamespace(reference=FrozenCopy(), policy_spec=PolicySpec(path="x", lora=LoraSettings(r=4)))
-    with pytest.raises(ConfigError, match="LoRA"):
+    with pytest.raises(ConfigError, match="trains an adapter"):
         ReferenceSync().setup(None, module, "fit")
 
 

@@ -16,7 +16,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from lit_align.errors import ConfigError
 from lit_align.reference.frozen import FrozenCopy
@@ -27,6 +30,19 @@ KEY = "trainer.callbacks.ReferenceSync"
 def local(tensor: Tensor) -> Tensor:
     """The shard this process holds: a DTensor's local tensor (FSDP2), any other tensor itself."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def whole(tensor: Tensor) -> Tensor:
+    """The full tensor: a DTensor gathered from its shards (a collective call), any other tensor detached."""
+    return tensor.full_tensor().detach() if isinstance(tensor, DTensor) else tensor.detach().clone()
+
+
+def block_of(full: Tensor, param: Tensor) -> Tensor:
+    """The block of ``full`` that ``param`` holds on this process: its shard for a DTensor, all of it otherwise."""
+    if not isinstance(param, DTensor):
+        return full
+    [chunk] = param.__create_chunk_list__()  # the offset and size of this process's block (as loading.py reads)
+    return full[tuple(slice(start, start + size) for start, size in zip(chunk.offsets, chunk.sizes, strict=True))]
 
 
 def paired_parameters(policy: nn.Module, reference: nn.Module) -> Iterator[tuple[Tensor, Tensor]]:
@@ -42,11 +58,20 @@ def paired_parameters(policy: nn.Module, reference: nn.Module) -> Iterator[tuple
         yield param, theirs[name]
 
 
+def resharded(model: nn.Module) -> nn.Module:
+    """``model`` with every FSDP2 unit back in its shards: a forward without backward (the reference's) leaves the
+    root unit gathered, and its parameters are then whole tensors, not the shards the policy's are."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    return model
+
+
 @torch.no_grad()
 def mix_into(reference: nn.Module, policy: nn.Module, alpha: float) -> None:
     """``θ_ref ← α θ + (1 − α) θ_ref`` for every parameter, in place, shard by shard under FSDP2 (both models are
     sharded alike, so each process mixes the shards it holds; nothing is gathered)."""
-    for param, ref in paired_parameters(policy, reference):
+    for param, ref in paired_parameters(resharded(policy), resharded(reference)):
         target = local(ref)
         source = local(param).detach().to(device=target.device, dtype=target.dtype)
         if alpha == 1.0:
@@ -63,11 +88,14 @@ class ReferenceSync(L.Callback):
     update copies the policy every τ steps (``mode: hard``, α = 1). The paper sweeps α in 0.5–0.8 and τ in 64–512.
 
     The mixed reference is saved in this callback's state, so a resumed run restores it exactly (the frozen copy is
-    otherwise rebuilt from the initial weights and is not in the module's state dict).
+    otherwise rebuilt from the initial weights and is not in the module's state dict). Under FSDP2 both models are
+    sharded alike and each process mixes its own shards; the saved copy is gathered whole, one weight at a time, and
+    each process takes back its block on resume (``tests/test_tr_dpo_sharded.py``).
 
     Refused, in one line, for a reference that is not a frozen copy (``DisabledAdapter`` shares the policy's weights;
-    ``OfflineStore`` holds no model), and for a LoRA policy: its trained weights are ``W + B A``, not parameters the
-    frozen base copy has (merge the adapter into the weights, or use ``DisabledAdapter`` without TR-DPO).
+    ``OfflineStore`` holds no model), for an adapted policy (LoRA, any peft method): its trained weights are
+    ``W + B A``, not parameters the frozen base copy has (merge the adapter into the weights, or use
+    ``DisabledAdapter`` without TR-DPO), and under FSDP1, whose flat parameters are not sharded alike.
 
     Args:
         mode: ``soft`` (mix with ``alpha``) or ``hard`` (copy, α = 1).
@@ -99,6 +127,9 @@ class ReferenceSync(L.Callback):
         if pl_module.policy_spec.adapted:
             raise ConfigError(KEY, "model.policy.lora/peft", "TR-DPO mixes full weights into the frozen copy, but "
                               "this policy trains an adapter: fine-tune fully, or drop ReferenceSync")
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise ConfigError(KEY, "FSDPStrategy", "DDP or FSDP2 (ModelParallelStrategy): FSDP1 flattens the policy "
+                              "and the reference into flat parameters that are not sharded alike")
         self._reference = reference
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -113,9 +144,12 @@ class ReferenceSync(L.Callback):
             self.last_sync = step
 
     def state_dict(self) -> dict[str, Any]:
+        """The sync's position and, once it has moved the reference, the reference's weights, whole (gathered,
+        one weight at a time, under FSDP2: every process takes part; Lightning saves process 0's copy)."""
         state: dict[str, Any] = {"last_sync": self.last_sync, "alpha": self.alpha, "tau": self.tau}
         if self.last_sync and self._reference is not None:  # before the first update it is the initial copy
-            state["reference"] = {name: p.detach().clone() for name, p in self._reference.model.named_parameters()}
+            reference = resharded(self._reference.model)
+            state["reference"] = {name: whole(p).cpu() for name, p in reference.named_parameters()}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -129,4 +163,4 @@ class ReferenceSync(L.Callback):
         if params.keys() != saved.keys():
             raise ConfigError(KEY, "checkpoint", "the saved reference's parameters differ from this run's model")
         for name, param in params.items():
-            local(param).copy_(local(saved[name]).to(device=param.device, dtype=param.dtype))
+            local(param).copy_(block_of(saved[name], param).to(device=local(param).device, dtype=param.dtype))
