@@ -22,13 +22,13 @@ from torch.distributed.device_mesh import DeviceMesh
 from lit_align.errors import ConfigError
 from lit_align.hyperparameters import save_plain_hyperparameters
 from lit_align.metrics import MetricBank, log_pair_metrics
+from lit_align.models.compiling import compile_decoder_layers
 from lit_align.models.layout import decoder_inputs, packed_view, padded_view, response_states, takes_packing
 from lit_align.models.loading import UnitLoader, is_empty
-from lit_align.models.logprobs import sequence_logps
 from lit_align.models.policy import PolicySpec, build_policy, final_hidden, lm_head
 from lit_align.models.sharding import FSDPMixedPrecision, shard_and_load, wrap_frozen_fsdp1
-from lit_align.models.token_kl import sequence_logps_and_kl
 from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs
+from lit_align.preference_inputs import pair_inputs
 from lit_align.reference import FrozenCopy, OnlineReference, ReferenceProvider
 from lit_align.reference.default import default_reference
 from lit_align.reference.precompute import reference_columns
@@ -60,6 +60,8 @@ class AlignmentModule(L.LightningModule):
         mixed_precision: FSDP2's mixed precision (:class:`~lit_align.models.sharding.FSDPMixedPrecision`: bf16
             all-gather and compute, fp32 gradient reduction and master weights); FSDP2 only (FSDP1 takes
             ``trainer.strategy.init_args.mixed_precision``, other strategies ``trainer.precision``).
+        compile: ``torch.compile`` each decoder layer of the policy and of the reference's own model, with dynamic
+            shapes (:mod:`lit_align.models.compiling`); the first steps pay the compile time. Not under FSDP1.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class AlignmentModule(L.LightningModule):
         logits_chunk_size: PositiveInt = 4096,
         packing: bool = True,
         mixed_precision: FSDPMixedPrecision | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         require_counts(**{"model.logits_chunk_size": logits_chunk_size})
@@ -97,6 +100,7 @@ class AlignmentModule(L.LightningModule):
         self.packing = packing
         self._packs: dict[int, bool] = {}
         self.mixed_precision = mixed_precision
+        self.compile_layers = compile  # not self.compile: that is nn.Module's method
         self.policy: nn.Module | None = None
         self.train_metrics = MetricBank()
         self.val_metrics = MetricBank()
@@ -108,7 +112,7 @@ class AlignmentModule(L.LightningModule):
         self.policy = build_policy(self.policy_spec, empty=self._loads_after_sharding()).train()
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if getattr(datamodule, "tokenizer", None) is not None:
-            check_vocabulary(datamodule.tokenizer, self.policy.get_input_embeddings().num_embeddings)
+            check_vocabulary(datamodule.tokenizer, self.policy.get_input_embeddings().weight.shape[0])
         if self.disable_dropout:
             for layer in self.policy.modules():
                 if isinstance(layer, nn.Dropout):
@@ -131,6 +135,11 @@ class AlignmentModule(L.LightningModule):
                 self.trainer.strategy.kwargs["param_init_fn"] = UnitLoader(self.policy)
             if self.reference is not None:  # but not the reference
                 self.reference.shard(wrap_frozen_fsdp1)
+        if self.compile_layers:
+            if self._fsdp1():
+                raise ConfigError("model.compile", True, "FSDPStrategy (FSDP1) wraps the layers into flat parameters "
+                                  "after they would be compiled: compile under ModelParallelStrategy (FSDP2) or DDP")
+            compile_decoder_layers(self.policy, self.reference.own_model() if self.reference is not None else None)
 
     def _fsdp1(self) -> bool:
         return self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
@@ -139,7 +148,7 @@ class AlignmentModule(L.LightningModule):
         """Whether the policy is built empty and read once sharded (``models/loading.py``): under FSDP2 and FSDP1, for
         a full fine-tune whose reference, if any, is a frozen copy (a LoRA adapter needs a loaded base)."""
         sharded = self.device_mesh is not None or self._fsdp1()
-        return sharded and self.policy_spec.lora is None and isinstance(self.reference, FrozenCopy | None)
+        return sharded and not self.policy_spec.adapted and isinstance(self.reference, FrozenCopy | None)
 
     def _shard(self, mesh: DeviceMesh) -> None:
         """FSDP2 over the data-parallel dimension of ``ModelParallelStrategy``'s mesh: the policy, and the
@@ -168,28 +177,11 @@ class AlignmentModule(L.LightningModule):
 
     def preference_inputs(self, batch: dict[str, Tensor], also: frozenset[Need] = frozenset()) -> PreferenceInputs:
         """Compute, for one batch, exactly the quantities the objective needs (and those in ``also``, as the
-        evaluation of held-out pairs asks for ``token_kl``)."""
+        evaluation of held-out pairs asks for ``token_kl``): :func:`lit_align.preference_inputs.pair_inputs`."""
         needs = self.objective.needs | also
         batch = self.pair_view(batch)
-        ids, mask = batch["input_ids"], batch["response_mask"]
         hidden, features = self._policy_hidden(batch)
-        ref_logps = seq_kl = None
-        if "token_kl" in needs:
-            ref_hidden, ref_head = self.reference.final_hidden(batch)
-            logps, ref_logps, seq_kl = sequence_logps_and_kl(
-                hidden, lm_head(self.policy), ref_hidden, ref_head, ids, mask, self.logits_chunk_size
-            )
-        else:
-            logps = sequence_logps(hidden, lm_head(self.policy), ids, mask, self.logits_chunk_size)
-            if "reference_logps" in needs:
-                ref_logps = self.reference.sequence_logps(batch)
-        lengths = mask[:, 1:].sum(-1).float()
-        inputs = PreferenceInputs(
-            *logps.chunk(2),
-            *lengths.chunk(2),
-            *(ref_logps.chunk(2) if ref_logps is not None else (None, None)),
-            *(seq_kl.chunk(2) if seq_kl is not None else (None, None)),
-        )
+        inputs = pair_inputs(batch, needs, hidden, lm_head(self.policy), self.reference, self.logits_chunk_size)
         if features is not None:
             inputs.policy_chosen_features, inputs.policy_rejected_features = features.chunk(2)
             ref_features = self.reference.sae_features(batch, self.feature_extractor)

@@ -19,14 +19,20 @@ from lit_align.errors import ConfigError
 if TYPE_CHECKING:
     from lit_align.sae.features import SAEFeatures
 
-Need = Literal["reference_logps", "token_kl", "sae_features"]
+Need = Literal["reference_logps", "token_kl", "sae_features", "token_logps", "log_collision"]
 """Quantities beyond the policy's own log-probs that an objective may ask for:
 
 - ``reference_logps``: summed reference log-probs of each response (any reference provider, or a store).
 - ``token_kl``: the sequential token-level KL ``Σ_t KL(π_ref(·|x, y<t) ‖ π_θ(·|x, y<t))``; it needs the
   reference's full next-token distributions, so only an online reference can provide it.
 - ``sae_features``: response-pooled sparse-autoencoder features of policy and reference at one layer.
+- ``token_logps``: per-token response log-probs of policy and reference, left-aligned (LD-DPO); only an online
+  reference has them.
+- ``log_collision``: the policy's ``Σ_t log Σ_v π_θ(v|x, y<t)²`` over each response, no grad (WPO); policy-side.
 """
+
+POLICY_SIDE: frozenset[Need] = frozenset({"log_collision"})
+"""Needs the module computes from the policy alone: no reference provider is asked for them."""
 
 
 @dataclass
@@ -52,6 +58,15 @@ class PreferenceInputs:
     policy_rejected_features: Tensor | None = None
     ref_chosen_features: Tensor | None = None
     ref_rejected_features: Tensor | None = None
+    policy_chosen_token_logps: Tensor | None = None
+    """``log π_θ(y_t|x, y<t)`` of each chosen response token, left-aligned (token ``t`` in column ``t``), zero past
+    the response's end, shape ``(batch, time)`` (``token_logps``); rows sum to ``policy_chosen_logps``."""
+    policy_rejected_token_logps: Tensor | None = None
+    ref_chosen_token_logps: Tensor | None = None
+    ref_rejected_token_logps: Tensor | None = None
+    chosen_log_collision: Tensor | None = None
+    """``Σ_t log Σ_v π_θ(v|x, y<t)²`` over the chosen response, no grad (``log_collision``)."""
+    rejected_log_collision: Tensor | None = None
 
 
 @dataclass
@@ -118,6 +133,13 @@ _FIELDS_OF_NEED: dict[str, tuple[str, ...]] = {
         "ref_chosen_features",
         "ref_rejected_features",
     ),
+    "token_logps": (
+        "policy_chosen_token_logps",
+        "policy_rejected_token_logps",
+        "ref_chosen_token_logps",
+        "ref_rejected_token_logps",
+    ),
+    "log_collision": ("chosen_log_collision", "rejected_log_collision"),
 }
 
 

@@ -12,12 +12,14 @@ does for the length-normalised ones (IPO, ``sigmoid_norm``) and for the logged r
 
 from __future__ import annotations
 
-from jsonargparse.typing import OpenUnitInterval, PositiveFloat
+from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveFloat
 from torch import Tensor
 
-from lit_align.objectives.base import Objective, ObjectiveOutput, PreferenceInputs, check_beta
+from lit_align.objectives.base import Need, Objective, ObjectiveOutput, PreferenceInputs, check_beta
 from lit_align.objectives.divergences import Divergence, f_prime
+from lit_align.objectives.ld_dpo import pair_desensitised_logps
 from lit_align.objectives.shapes import LOSS_SHAPES, LabelSmoothing, Pair, ShapeName, ShapeParams
+from lit_align.objectives.wpo import wpo_weights
 
 
 def check_pairwise_options(
@@ -52,6 +54,16 @@ def check_pairwise_options(
         )
     if spec.label_smoothing == "required" and label_smoothing == 0:
         raise ValueError(f"loss shape {shape!r} needs label_smoothing > 0 (its paper suggests 1e-3)")
+
+
+def check_reweighting(shape: str, ld_alpha: float | None, wpo: bool) -> None:
+    """Refuse an LD-DPO α outside [0, 1], and WPO's per-pair weights on a shape whose i-th loss is not the i-th
+    pair's (AOT sorts over the batch; TRL 1.16 refuses the same)."""
+    if ld_alpha is not None and not 0 <= ld_alpha <= 1:
+        raise ValueError(f"ld_alpha must lie in [0, 1], got ld_alpha={ld_alpha}")
+    if wpo and shape in ("aot", "aot_unpaired"):
+        raise ValueError(f"wpo weights each pair, but loss shape {shape!r} sorts over the batch: its i-th loss is "
+                         "not the i-th pair's; use another shape, or wpo=False")
 
 
 def pairwise_loss(
@@ -122,6 +134,11 @@ class PairwiseObjective(Objective):
         label_smoothing: ε in [0, 0.5): the label-flip rate of ``conservative``, ``robust``, ``aot`` and
             ``aot_unpaired`` (rDPO suggests 0.1), EXO's ε (``exo_pair`` needs ε > 0; its paper suggests 1e-3).
         discopop_tau: DiscoPOP's temperature τ > 0; the paper uses 0.05.
+        ld_alpha: LD-DPO's α in [0, 1] (:mod:`lit_align.objectives.ld_dpo`): the weight of the longer response's
+            tokens past the pair's shared length, in policy and reference log-probs alike; unset: plain sums. Needs
+            per-token log-probs (``token_logps``), so an online reference.
+        wpo: multiply each pair's loss by WPO's weight (:mod:`lit_align.objectives.wpo`), the product of the
+            policy's aligned, length-normalised probabilities of both responses (needs ``log_collision``).
     """
 
     def __init__(
@@ -132,14 +149,29 @@ class PairwiseObjective(Objective):
         alpha: OpenUnitInterval = 0.5,
         label_smoothing: LabelSmoothing = 0.0,
         discopop_tau: PositiveFloat = 0.05,
+        ld_alpha: ClosedUnitInterval | None = None,
+        wpo: bool = False,
     ) -> None:
         check_pairwise_options(shape, divergence, beta, alpha, label_smoothing, discopop_tau)
+        check_reweighting(shape, ld_alpha, wpo)
         self.shape = shape
         self.divergence = divergence
         self.beta = beta
         self.alpha = alpha
         self.label_smoothing = label_smoothing
         self.discopop_tau = discopop_tau
+        self.ld_alpha = ld_alpha
+        self.wpo = wpo
+
+    @property
+    def needs(self) -> frozenset[Need]:  # type: ignore[override]
+        """Reference log-probs; per-token log-probs for LD-DPO; the policy's log collision sums for WPO."""
+        needs: set[Need] = {"reference_logps"}
+        if self.ld_alpha is not None:
+            needs.add("token_logps")
+        if self.wpo:
+            needs.add("log_collision")
+        return frozenset(needs)
 
     @property
     def name(self) -> str:
@@ -148,10 +180,7 @@ class PairwiseObjective(Objective):
 
     def forward(self, inputs: PreferenceInputs) -> ObjectiveOutput:
         losses, chosen_rewards, rejected_rewards = pairwise_loss(
-            inputs.policy_chosen_logps,
-            inputs.policy_rejected_logps,
-            inputs.ref_chosen_logps,
-            inputs.ref_rejected_logps,
+            *self._logps(inputs),
             inputs.chosen_lengths,
             inputs.rejected_lengths,
             shape=self.shape,
@@ -161,4 +190,17 @@ class PairwiseObjective(Objective):
             label_smoothing=self.label_smoothing,
             discopop_tau=self.discopop_tau,
         )
-        return ObjectiveOutput(losses, chosen_rewards, rejected_rewards)
+        if not self.wpo:
+            return ObjectiveOutput(losses, chosen_rewards, rejected_rewards)
+        weights = wpo_weights(inputs.policy_chosen_logps, inputs.policy_rejected_logps, inputs.chosen_log_collision,
+                              inputs.rejected_log_collision, inputs.chosen_lengths, inputs.rejected_lengths)
+        return ObjectiveOutput(losses * weights, chosen_rewards, rejected_rewards, {"wpo/weight": weights})
+
+    def _logps(self, inputs: PreferenceInputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Policy chosen, policy rejected, reference chosen, reference rejected: summed, or LD-DPO's."""
+        i = inputs
+        if self.ld_alpha is None:
+            return i.policy_chosen_logps, i.policy_rejected_logps, i.ref_chosen_logps, i.ref_rejected_logps
+        lengths = (i.chosen_lengths, i.rejected_lengths, self.ld_alpha)
+        return (*pair_desensitised_logps(i.policy_chosen_token_logps, i.policy_rejected_token_logps, *lengths),
+                *pair_desensitised_logps(i.ref_chosen_token_logps, i.ref_rejected_token_logps, *lengths))

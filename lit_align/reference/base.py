@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_align.models.logprobs import sequence_logps
-from lit_align.objectives.base import Need
+from lit_align.models.token_logps import response_logps
+from lit_align.objectives.base import POLICY_SIDE, Need
 
 if TYPE_CHECKING:
     from lit_align.models.policy import PolicySpec
@@ -22,7 +23,8 @@ class ReferenceProvider(ABC):
     """Supplies the reference side of an objective's inputs.
 
     ``provides`` lists the :data:`~lit_align.objectives.base.Need` values it can serve; the module checks an
-    objective's ``needs`` against it at setup. The reference is never a registered submodule of the
+    objective's ``needs`` against it at setup, all but the policy-side ones
+    (:data:`~lit_align.objectives.base.POLICY_SIDE`). The reference is never a registered submodule of the
     LightningModule, so it stays out of the optimizer and out of checkpoints.
     """
 
@@ -30,7 +32,7 @@ class ReferenceProvider(ABC):
 
     def check(self, needs: frozenset[Need], objective_name: str) -> None:
         """Refuse an objective whose needs this provider cannot serve, saying how to fix it."""
-        missing = needs - self.provides
+        missing = needs - POLICY_SIDE - self.provides
         if missing:
             raise ValueError(
                 f"{objective_name} needs {sorted(missing)}, which {type(self).__name__} cannot provide "
@@ -66,6 +68,11 @@ class ReferenceProvider(ABC):
     def sequence_logps(self, batch: dict[str, Tensor]) -> Tensor:
         """Summed reference log-probs of each response, ``(2B,)`` in the batch's row order."""
 
+    def token_logps(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Summed reference log-probs of each response, ``(2B,)``, and the per-token ones, left-aligned,
+        ``(2B, width)`` (:func:`lit_align.models.token_logps.response_logps`), no grad."""
+        raise NotImplementedError(f"{type(self).__name__} provides no per-token log-probs")
+
     def attach_features(self, features: SAEFeatures) -> None:
         """Prepare to serve the SAE ``features`` (the objective's extractor: an SAE at one layer); called after
         :meth:`attach` when the objective needs ``sae_features``. Online references need nothing."""
@@ -79,7 +86,7 @@ class ReferenceProvider(ABC):
 class OnlineReference(ReferenceProvider):
     """A reference model that runs on every batch; it also serves full next-token distributions."""
 
-    provides: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "token_kl", "sae_features"})
+    provides: ClassVar[frozenset[Need]] = frozenset({"reference_logps", "token_kl", "sae_features", "token_logps"})
 
     @abstractmethod
     def generation_model(self) -> AbstractContextManager[nn.Module]:
@@ -99,6 +106,12 @@ class OnlineReference(ReferenceProvider):
         hidden, head = self.final_hidden(batch)
         with torch.no_grad():
             return sequence_logps(hidden, head, batch["input_ids"], batch["response_mask"])
+
+    def token_logps(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        hidden, head = self.final_hidden(batch)
+        with torch.no_grad():
+            result = response_logps(hidden, head, batch["input_ids"], batch["response_mask"])
+        return result.sums, result.per_token
 
     def sae_features(self, batch: dict[str, Tensor], features: SAEFeatures) -> Tensor:
         states = features.reference_states(self, batch)

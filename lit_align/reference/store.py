@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from lit_align.sae.features import SAEFeatures
 
 STORE_FILE = "reference.safetensors"
+_NOT_STORED = {"token_kl": "the reference's full next-token distributions (token_kl)",
+               "token_logps": "per-token log-probs (token_logps, read by LD-DPO's ld_alpha)"}
 STORE_COLUMNS = ("example_key", "chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths")
 SIDES = ("chosen", "rejected")
 
@@ -122,8 +124,9 @@ class OfflineStore(ReferenceProvider):
         self.fingerprint: dict[str, Any] = {}
 
     def _remedy(self, missing: frozenset[Need]) -> str:
+        lacks = " or ".join(_NOT_STORED[need] for need in sorted(missing) if need in _NOT_STORED)
         return (
-            "A store holds per-sequence log-probs only, not the reference's full next-token distributions; "
+            f"A store holds each response's summed log-probs only, not {lacks or 'these'}; "
             "train this objective with an online reference (FrozenCopy, or DisabledAdapter with a LoRA policy)."
         )
 
@@ -203,8 +206,6 @@ class OfflineStore(ReferenceProvider):
             return torch.tensor([self.rows[key] for key in batch["example_key"].tolist()])
         except KeyError as error:
             raise KeyError(f"pair with example_key {error} is not in the reference store at {self.path}") from None
-
-
 
 
 def _is_digest(value: Any) -> bool:
