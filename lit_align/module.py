@@ -109,6 +109,9 @@ class AlignmentModule(L.LightningModule):
         """Build the policy (here, so a strategy can shard it) and attach the reference to it."""
         if self.policy is not None:
             return
+        if self.policy_spec.quantization is not None and (self.device_mesh is not None or self._fsdp1()):
+            raise ConfigError("model.policy.quantization", self.policy_spec.quantization, "one process or DDP: "
+                              "FSDP cannot shard bitsandbytes' 4- and 8-bit weights as lit-align builds them")
         self.policy = build_policy(self.policy_spec, empty=self._loads_after_sharding()).train()
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if getattr(datamodule, "tokenizer", None) is not None:

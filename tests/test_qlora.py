@@ -116,3 +116,12 @@ def test_quantisation_needs_an_adapter_and_a_path(model_dir):
         build_policy(PolicySpec(path=model_dir, quantization=Quantization()))
     with pytest.raises(ConfigError, match="a model read from model.policy.path"):
         PolicySpec(config={"model_type": "llama"}, lora=LORA, quantization=Quantization())
+
+
+def test_qlora_under_fsdp2_is_refused_in_one_line(tmp_path, model_dir, tokenizer_dir, explicit_file):
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    module = AlignmentModule(FDPO(), qlora_spec(model_dir))
+    trainer = make_trainer(tmp_path, 1, strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1))
+    with pytest.raises(ConfigError, match="model.policy.quantization=.*one process or DDP"):
+        trainer.fit(module, make_data(explicit_file, tokenizer_dir, val_fraction=0.0))
