@@ -84,7 +84,7 @@ def test_sentiment_score_on_hand_made_texts(text, score):
 def test_oracle_reward_is_a_graded_sigmoid_of_the_score():
     oracle = SentimentOracle(temperature=2.0)
     texts = ["it was awful and terrible .", "it was bad .", "it was long .", "it was fine .", "it was brilliant ."]
-    rewards = oracle(texts)
+    rewards = oracle([""] * len(texts), texts).tolist()
     assert rewards == pytest.approx([sigmoid(-4.0 / 2), sigmoid(-1.5 / 2), 0.5, sigmoid(0.5 / 2), sigmoid(1.0)])
     assert rewards == sorted(rewards) and len(set(rewards)) == len(rewards)
     assert SentimentOracle(temperature=0.5).reward("it was fine .") > rewards[3]
@@ -101,7 +101,8 @@ def test_grammar_phrases_carry_the_polarity_they_were_drawn_with():
 
 def test_corpus_rewards_are_spread_out():
     rng = random.Random(0)
-    rewards = SentimentOracle()([make_review(rng).continuation for _ in range(2000)])
+    continuations = [make_review(rng).continuation for _ in range(2000)]
+    rewards = SentimentOracle()([""] * len(continuations), continuations).tolist()
     assert 0.4 < sum(rewards) / len(rewards) < 0.6
     assert min(rewards) < 0.1 and max(rewards) > 0.9
     assert sum(0.3 < r < 0.7 for r in rewards) > 400  # mixed reviews, not only extremes
@@ -405,7 +406,7 @@ def test_report_keeps_policy_and_reference_apart(task, tmp_path):
     biased = (response_logps(policy, tokenizer, flat_prompts, texts)
               - response_logps(reference_model, tokenizer, flat_prompts, texts)).mean()
     assert report.results["reference_reward"] == 0.5 and report.results["reference_reward_std"] == 0.0
-    assert report.results["policy_reward"] == pytest.approx(sum(SentimentOracle()(texts)) / len(texts))
+    assert report.results["policy_reward"] == pytest.approx(SentimentOracle()(flat_prompts, texts).mean().item())
     assert report.results["policy_reward"] != 0.5
     assert report.results["policy_kl"] == pytest.approx(kl.item(), rel=1e-5)
     assert not all(ended) and report.results["policy_kl"] != pytest.approx(biased.item(), rel=1e-3), (

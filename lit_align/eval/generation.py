@@ -9,7 +9,7 @@ process is that of its tokens alone, so it is scored without the EOS term (scori
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +20,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from lit_align.eval.metrics import DistinctN, TokenEntropy
 from lit_align.models.logprobs import response_positions, sequence_logps
 from lit_align.models.policy import final_hidden, lm_head
+from lit_align.online.reward import RewardFn, checked_rewards
 
 
 @torch.no_grad()
@@ -191,7 +192,7 @@ class SampleSet:
 
 
 def draw_samples(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                 reward_fn: Callable[[Sequence[str]], Sequence[float]], *, samples_per_prompt: int,
+                 reward_fn: RewardFn, *, samples_per_prompt: int,
                  max_new_tokens: int, temperature: float, batch_size: int, seed: int, distinct_n: Sequence[int],
                  device: torch.device) -> SampleSet:
     """Sample ``samples_per_prompt`` continuations of each prompt from ``model`` and score them: their log-probs
@@ -210,5 +211,5 @@ def draw_samples(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
         metric = DistinctN(n).to(device)
         metric.update(texts)
         distinct[n] = float(metric.compute())
-    rewards = torch.tensor([float(r) for r in reward_fn(texts)], dtype=torch.float64)
+    rewards = checked_rewards(reward_fn(flat_prompts, texts), len(texts), reward_fn).cpu().double()
     return SampleSet(flat_prompts, texts, ended, rewards, logps, float(entropy.compute()), distinct)

@@ -22,16 +22,16 @@ A few prompts with both models' samples and rewards go to TensorBoard as text (`
 This is lit-align's one evaluation path (:class:`~lit_align.tasks.OracleRewardReport` is a preset of it). It
 relies on two small protocols: the module has ``policy`` and ``reference_model()`` (a context yielding the
 reference as a model that can ``generate``), the data module ``tokenizer`` and ``heldout_prompts_path`` (or give
-``prompts_path``). The reward is the task's: ``reward_fn`` maps a list of responses to their rewards (in YAML, a
-``class_path`` such as ``lit_align.tasks.SentimentOracle``). Both models sample with the same seeds, so at step 0
-the policy's samples are the reference's: both KLs are 0 and the win rate is 1/2. Prompts are shared out between
-processes and every metric is reduced over all of them.
+``prompts_path``). The reward is the task's: ``reward_fn(prompts, responses)``, any
+:class:`~lit_align.online.RewardFn` (in YAML, a ``class_path`` such as ``lit_align.tasks.SentimentOracle``). Both
+models sample with the same seeds, so at step 0 the policy's samples are the reference's: both KLs are 0 and the win
+rate is 1/2. Prompts are shared out between processes and every metric is reduced over all of them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import lightning as L
@@ -52,11 +52,10 @@ from lit_align.eval.metrics import (
 )
 from lit_align.eval.pairs import pair_statistics
 from lit_align.jsonl import read_jsonl
+from lit_align.online.reward import RewardFn
 from lit_align.validation import require_counts, require_positive
 
 log = logging.getLogger(__name__)
-
-RewardFn = Callable[[Sequence[str]], Sequence[float]]
 
 
 class SamplingEvaluation(L.Callback):
@@ -65,7 +64,7 @@ class SamplingEvaluation(L.Callback):
 
     Args:
         every_n_steps: optimizer steps between evaluations; unset: only at the start and end of training.
-        reward_fn: the task's reward: maps a list of responses to their rewards (required).
+        reward_fn: the task's reward, ``reward_fn(prompts, responses)`` (required; docs/online.md).
         prompts_path: JSON lines ``{"prompt": ...}``; unset reads ``trainer.datamodule.heldout_prompts_path``.
         num_prompts: how many of them (the first ones); unset uses all.
         samples_per_prompt: continuations per prompt from each model.
@@ -98,7 +97,7 @@ class SamplingEvaluation(L.Callback):
         prefix: str = "eval",
     ) -> None:
         if reward_fn is None:
-            raise ValueError("SamplingEvaluation needs reward_fn, the task's reward of a list of responses (in YAML: "
+            raise ValueError("SamplingEvaluation needs reward_fn, the task's reward of prompts and responses (in YAML: "
                              "reward_fn: {class_path: lit_align.tasks.SentimentOracle} for the built-in task)")
         require_counts(
             every_n_steps=every_n_steps,

@@ -19,8 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from jsonargparse.typing import PositiveFloat
+from torch import Tensor
 
+from lit_align.online.reward import check_batch
 from lit_align.tasks.lexicon import INTENSIFIERS, NEGATION_FACTOR, NEGATORS, SCOPE_BREAKS, WEIGHTS
 
 
@@ -56,6 +59,8 @@ class SentimentOracle:
         """The reward of one response."""
         return 1.0 / (1.0 + math.exp(-sentiment_score(response) / self.temperature))
 
-    def __call__(self, responses: Sequence[str]) -> list[float]:
-        """The rewards of a batch of responses."""
-        return [self.reward(response) for response in responses]
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """The rewards of a batch of responses, float64 (a :class:`~lit_align.online.RewardFn`: ``prompts[i]`` is
+        the prompt of ``responses[i]``; the oracle scores the response alone)."""
+        check_batch(prompts, responses)
+        return torch.tensor([self.reward(response) for response in responses], dtype=torch.float64)

@@ -41,7 +41,7 @@ def label_pairs(
     for prompt, continuations in zip(prompts, samples, strict=True):
         if len(continuations) < 2:
             raise ValueError("each prompt needs at least two samples to make a pair")
-        rewards = oracle(continuations)
+        rewards = oracle([prompt] * len(continuations), continuations).tolist()
         all_rewards.extend(rewards)
         best = max(range(len(rewards)), key=rewards.__getitem__)
         worst = min(range(len(rewards)), key=rewards.__getitem__)
