@@ -4,9 +4,12 @@
 
 Pre-trains (once, cached) the frozen base, then for each configuration and seed trains a thought generator in a
 child process (one thread) and measures held-out accuracy: greedy, mean over k = 10 samples, and the majority
-vote over them (T 0.7, top-p 0.8, top-k 20). Every trained configuration is also evaluated with its thoughts
-shuffled across the batch (the control for "the thoughts carry the question"). Each run's result is cached as
-JSON under ``<workdir>/table`` (a cached run lacking an evaluation its row now makes is run again).
+vote over them (T 0.7, top-p 0.8, top-k 20). Every trained generator is also evaluated with its thoughts
+shuffled across the batch (the control for "the thoughts carry the question"). The floor is the trained placeholder
+(``placeholder_trained``): the `sft` row's training with :class:`~lit_align.thinker.NoGenerator`, a trained vector
+per slot that is the same for every question; the untrained placeholder row (a base in front of empty slots it
+never saw in pre-training) is kept for reference. Each run's result is cached as JSON under ``<workdir>/table``
+(a cached run lacking an evaluation its row now makes is run again).
 
 The table gives each row's mean ± standard deviation over seeds, the chance level (1 / modulus), the paired
 per-seed gaps generated − shuffled, and the claims docs/lta_thinker.md makes, each judged by the one rule of
@@ -32,7 +35,11 @@ LEAK_FREE = dict(gold=False, positional=True)
 ALL = (0.33, 0.33, 0.33, 0.0)
 ROWS = {
     # name: (description, switches, loss weights (sft, focus, align, variance), thoughts evaluated)
-    "placeholder": ("no thoughts: placeholders, untrained", LEAK_FREE, None, ("placeholder",)),
+    "placeholder": ("no thoughts: placeholders, untrained (a base that never saw empty slots)", LEAK_FREE, None,
+                    ("placeholder",)),
+    "placeholder_trained": ("no generator: a trained vector per slot from the placeholder, the same for every "
+                            "question (SFT only)", dict(LEAK_FREE, generator="none"), (1.0, 0.0, 0.0, 0.0),
+                            ("generated",)),
     "oracle": ("gold intermediate values as hint tokens (upper bound)", LEAK_FREE, None, ("oracle",)),
     "sft": ("SFT only (leak-free, positional)", LEAK_FREE, (1.0, 0.0, 0.0, 0.0), ("generated", "shuffled")),
     "sft_kl": ("SFT + KL (leak-free, positional)", LEAK_FREE, (0.5, 0.0, 0.5, 0.0), ("generated", "shuffled")),
@@ -47,12 +54,18 @@ ROWS = {
                  dict(LEAK_FREE, variance=True), (0.33, 0.33, 0.33, 0.01), ("generated", "shuffled")),
 }
 TRAINED = [name for name, row in ROWS.items() if row[2] is not None]
+CONTROL = "placeholder_trained"
+"""The fair floor: trained like the `sft` row, but with :class:`~lit_align.thinker.NoGenerator`, so its slots carry
+nothing of the question (the untrained `placeholder` row is a base in front of empty slots it never saw)."""
+GENERATORS = [name for name in TRAINED if name != CONTROL]
 CLAIMS = [
     # (claim, higher (row, thoughts), lower (row, thoughts)); greedy accuracy
+    *((f"`{name}` beats the trained placeholder (no generator; the fair floor)", (name, "generated"),
+       (CONTROL, "generated")) for name in GENERATORS),
     *((f"`{name}` beats the untrained placeholder prompt", (name, "generated"), ("placeholder", "placeholder"))
-      for name in TRAINED),
+      for name in GENERATORS),
     *((f"`{name}`: its own thoughts beat shuffled ones (question-specific)", (name, "generated"),
-       (name, "shuffled")) for name in TRAINED),
+       (name, "shuffled")) for name in GENERATORS),
     ("SFT + KL beats SFT only", ("sft_kl", "generated"), ("sft", "generated")),
     ("all three losses beat SFT only", ("all", "generated"), ("sft", "generated")),
     ("the leak hurts, without positions (leak-free beats the authors' prompt)", ("no_positions", "generated"),
@@ -75,6 +88,7 @@ def run(name: str, seed: int, workdir: Path, steps: int) -> dict:
         GaussianThoughts,
         LatentThoughtModule,
         ModularArithmeticData,
+        NoGenerator,
         SamplingSettings,
         ThoughtLoss,
     )
@@ -87,8 +101,9 @@ def run(name: str, seed: int, workdir: Path, steps: int) -> dict:
     data = ModularArithmeticData(str(workdir), num_train=1500, num_val=500, data_seed=1)
     data.prepare_data()
     data.setup("fit")
+    generator = NoGenerator() if switches.get("generator") == "none" else BlockPrior(positional=switches["positional"])
     module = LatentThoughtModule(
-        PolicySpec(path=str(workdir / "base")), BlockPrior(positional=switches["positional"]),
+        PolicySpec(path=str(workdir / "base")), generator,
         ThoughtLoss(*weights) if weights else ThoughtLoss(1, 0, 0), gold_steps_in_prompt=switches["gold"],
         variance_prior=GaussianThoughts() if switches.get("variance") else None,
         thought_init="placeholder", optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
@@ -134,7 +149,7 @@ def table(results: list[dict], chance: float | None = None) -> str:
             lines.append(f"| `{name}`: {description} | {thoughts} | {len(held)} | " + " | ".join(cells) + " |")
     lines += ["", "Generated − shuffled thoughts, greedy accuracy, paired per seed:", "",
               "| configuration | gaps per seed | verdict | numbers |", "|---|---|---|---|"]
-    for name in TRAINED:
+    for name in GENERATORS:
         gaps = {r["seed"]: r["generated"]["acc_greedy"] - r["shuffled"]["acc_greedy"]
                 for r in results if r["name"] == name and "generated" in r and "shuffled" in r}
         if gaps:

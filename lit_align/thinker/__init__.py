@@ -1,6 +1,7 @@
 """Latent thoughts for a frozen base LLM: LTA-Thinker (Wang et al. 2025, https://arxiv.org/abs/2509.12875) and
 its SoftCoT generator (Xu et al. 2025), with switches for the authors' behaviour and the fixed one."""
 
+from lit_align.thinker.controls import NoGenerator
 from lit_align.thinker.datamodule import ModularArithmeticData, ReasoningDataModule
 from lit_align.thinker.encoding import ReasoningExample, ThoughtMarkers
 from lit_align.thinker.generator import AssistantLM, BlockPrior, GaussianThoughts, ThoughtGenerator
@@ -10,7 +11,7 @@ from lit_align.thinker.self_consistency import SamplingSettings, SelfConsistency
 
 __all__ = [
     "AssistantLM", "BlockPrior", "GaussianThoughts", "LatentThoughtModule", "ModularArithmeticData",
-    "ReasoningDataModule", "ReasoningExample", "SamplingSettings", "SelfConsistency", "ThoughtGenerator",
+    "NoGenerator", "ReasoningDataModule", "ReasoningExample", "SamplingSettings", "SelfConsistency", "ThoughtGenerator",
     "ThoughtLoss", "ThoughtMarkers", "alignment_kl", "answer_nll", "extract_answer", "focus_infonce",
     "majority_vote", "variance_kl",
 ]

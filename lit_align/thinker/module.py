@@ -41,7 +41,8 @@ class LatentThoughtModule(L.LightningModule):
         base: the base LLM (frozen; with ``lora`` set, its LoRA adapter trains too, as the authors'
             ``tune_base_model``).
         generator: :class:`~lit_align.thinker.generator.BlockPrior` (default) or
-            :class:`~lit_align.thinker.generator.AssistantLM`.
+            :class:`~lit_align.thinker.generator.AssistantLM`; :class:`~lit_align.thinker.controls.NoGenerator`
+            is the trained-placeholder control (slot vectors that no question changes).
         loss: the weighted losses (default: the authors' 0.33 each).
         gold_steps_in_prompt: the authors' training prompt (gold steps before the thought queries) or the
             leak-free one (the question only, as at test time).
