@@ -6,7 +6,7 @@ through the tests' ``CPUFSDPStrategy``) or DDP, up to the first training step::
     python tools/load_memory.py --strategy fsdp2          # lit-align's loading (lit_align/models/loading.py)
     python tools/load_memory.py --strategy fsdp2 --whole  # the old way: from_pretrained in every process + deep copy
 
-Per rank it prints the resident set before ``fit`` (the baseline), the peak (``ru_maxrss``) once the models are
+Per rank it prints the resident set before ``fit`` (the baseline), the peak (``VmHWM``, reset at the baseline) once the models are
 built (the end of ``configure_model``: under DDP the models are then whole, and DDP's wrapper broadcasts them after)
 and when training starts, the bytes of the policy and the reference the process holds (its shards; under DDP both
 whole), and the overhead of each peak: peak − baseline − held, as a fraction of the fp32 model size.
@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -28,15 +27,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rss_bytes() -> int:
+def status_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_bytes() -> int:
+    """The resident set now, and from now on the high-water mark's start (``peak_bytes``): imports that held more
+    and released it (or shared-library pages the kernel evicted since) do not count against what comes after."""
+    with open("/proc/self/clear_refs", "w") as file:
+        file.write("5")  # reset VmHWM to the current resident set
+    return status_bytes("VmRSS")
 
 
 def peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The resident set's high-water mark since :func:`rss_bytes` last reset it."""
+    return status_bytes("VmHWM")
 
 
 def prepare(work: Path, hidden: int, layers: int, vocab: int) -> None:
