@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HH_FILE
+from tools.bench import RECORDED_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRL = importlib.util.find_spec("trl") is not None
@@ -22,9 +23,10 @@ NO_TRL = "trl is not installed: pip install -e '.[bench]' to benchmark against T
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "summary.json"
-    arms = ["plain", "plain-packed", "lit-align", "lit-align-padded"] + (["trl"] if HAS_TRL else [])
+    arms = ["plain", "plain-packed", "lit-align", "lit-align-padded", "lit-align-bf16"] + (["trl"] if HAS_TRL else [])
     done = subprocess.run(
-        [sys.executable, "-m", "tools.bench", "--quick", "--data", str(HH_FILE), "--out", str(out), "--arms", *arms],
+        [sys.executable, "-m", "tools.bench", "--quick", "--data", str(HH_FILE), "--out", str(out), "--arms", *arms,
+         "--row-tokens", "128"],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -34,7 +36,7 @@ def quick(tmp_path_factory) -> tuple[dict, str]:
 def test_plain_and_lit_align_train_the_same_batches_to_the_same_numbers(quick):
     summary, stdout = quick
     plain, lit = summary["plain"], summary["lit-align"]
-    assert plain["hashes"] == lit["hashes"] and len(lit["first"]) == 2
+    assert plain["hashes"] == lit["hashes"] and len(lit["first"]) == RECORDED_STEPS
     for ours, theirs in zip(lit["first"], plain["first"], strict=True):
         assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
     assert lit["first"][0]["loss"] == pytest.approx(0.6931472, abs=1e-6)  # policy = reference at step 0: ln 2
@@ -47,7 +49,7 @@ def test_plain_packed_loop_trains_the_same_batches_to_lit_aligns_numbers(quick):
     (same weights, same batch) is AlignmentModule's, and whose later values follow it to fp32 rounding."""
     summary, stdout = quick
     plain, lit = summary["plain-packed"], summary["lit-align"]
-    assert plain["hashes"] == lit["hashes"] and len(plain["first"]) == 2
+    assert plain["hashes"] == lit["hashes"] and len(plain["first"]) == RECORDED_STEPS
     assert plain["first"][0]["loss"] == pytest.approx(lit["first"][0]["loss"], rel=1e-6, abs=1e-7)
     for ours, theirs in zip(lit["first"], plain["first"], strict=True):
         assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
@@ -75,3 +77,30 @@ def test_trl_trains_the_same_batches_to_the_same_numbers(quick):
         for name, value in ours.items():
             assert theirs[name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
     assert "lit-align vs trl" in stdout and "agree to 1e-4" in stdout
+
+
+def test_row_size_arm_trains_the_same_numbers_in_more_rows(quick):
+    """``--row-tokens 128`` adds ``lit-align-rows128``: the same batches, shared out between more, shorter rows
+    (more row-end padding, fewer attention scores), to the same numbers; the row-size table compares it with the
+    default arm."""
+    summary, stdout = quick
+    rows, lit = summary["lit-align-rows128"], summary["lit-align"]
+    assert rows["hashes"] == lit["hashes"]
+    for ours, theirs in zip(rows["first"], lit["first"], strict=True):  # rewards: β × log-probs of ~300, fp32
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-5)
+    assert rows["positions_per_token"] > lit["positions_per_token"]
+    assert rows["cells_per_token"] < lit["cells_per_token"]
+    assert "| 128 | lit-align-rows128 |" in stdout
+
+
+def test_bf16_arm_follows_fp32_to_bf16_rounding(quick):
+    """``lit-align-bf16`` (``trainer.precision: bf16-mixed``): step 0 is ln 2 (policy = reference, computed alike),
+    the summed log-probs follow the fp32 arm's to bf16 rounding, and the agreement is reported."""
+    summary, stdout = quick
+    bf16, fp32 = summary["lit-align-bf16"], summary["lit-align"]
+    assert bf16["hashes"] == fp32["hashes"]
+    assert bf16["first"][0]["loss"] == pytest.approx(0.6931472, abs=1e-6)
+    for ours, theirs in zip(bf16["first"], fp32["first"], strict=True):
+        for name in ("logps/chosen", "logps/rejected"):
+            assert ours[name] == pytest.approx(theirs[name], rel=1e-2), name
+    assert f"lit-align-bf16 vs lit-align (fp32), first {RECORDED_STEPS} steps: loss differences" in stdout

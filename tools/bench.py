@@ -25,7 +25,15 @@ from the end of the previous one to its own end (data loading, logging and optim
 - ``lit-align-offline`` (``-padded``): the same with ``OfflineStore`` (filled once by
   ``AlignmentTrainer.precompute``, timed).
 - ``lit-align-grouped`` (``-padded``): the same with length-grouped batches
-  (``PreferenceDataModule(group_by_length=...)``), and ``plain-grouped``, the floor on those same batches.
+  (``PreferenceDataModule(group_by_length=...)``), and ``plain-packed-grouped`` / ``plain-grouped``, the floors
+  (packed / padded) on those same batches.
+- ``lit-align-rowsN`` (added by ``--row-tokens N ...``): ``lit-align`` with ``pack_row_tokens=N``. Attention runs
+  over a packed row's whole length (the masked scores between pairs are computed too), so the row size trades
+  attention (``attention/token``: rows times their length squared, per counted token) against the rows' end
+  padding (``positions/token``).
+- ``lit-align-bf16``: ``lit-align`` with ``trainer.precision: bf16-mixed`` (bf16 autocast over fp32 weights);
+  ``trl-bf16``: TRL matched with ``bf16=True`` (the same autocast); both compared with their fp32 arm's first
+  steps, as is ``trl-defaults``.
 
 Every arm counts the same tokens: each pair's prompt + chosen and prompt + rejected, padding excluded (a packed
 arm computes each prompt once, yet is credited with it twice, so all arms are measured on the same work). The
@@ -49,6 +57,7 @@ Run::
     python -m tools.bench                       # the full benchmark (about 30 minutes on 2 cores)
     python -m tools.bench --quick               # a smoke test: tiny model, 2 steps, 1 thread, plain + lit-align + trl
     python -m tools.bench --arms plain-packed lit-align lit-align-previous trl trl-unfused --rounds 2
+    python -m tools.bench --arms lit-align --row-tokens 256 384 1024 --rounds 2   # the packed rows' size
 
 TRL is an optional extra (``pip install -e ".[bench]"``); without it the TRL arms are skipped, saying so.
 """
@@ -76,11 +85,17 @@ ROOT = Path(__file__).resolve().parents[1]
 HH_FILE = ROOT / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 ARMS = ("plain", "plain-packed", "lit-align", "lit-align-padded", "trl", "trl-defaults", "lit-align-offline",
         "lit-align-offline-padded", "lit-align-grouped", "lit-align-grouped-padded", "plain-grouped",
-        "lit-align-unfused", "lit-align-per-tensor-guard", "lit-align-previous", "trl-unfused")
+        "plain-packed-grouped", "lit-align-unfused", "lit-align-per-tensor-guard", "lit-align-previous",
+        "trl-unfused", "lit-align-bf16", "trl-bf16")
+ROWS_ARM = "lit-align-rows"
+"""Prefix of the row-size arms ``--row-tokens`` adds: ``lit-align-rows384`` is ``lit-align`` at
+``pack_row_tokens=384``."""
+BF16_PAIRS = {"lit-align-bf16": "lit-align", "trl-bf16": "trl", "trl-defaults": "trl"}
+"""Each bf16 arm and the fp32 arm whose first steps it is compared with."""
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
 TRL_SETTINGS = ("bf16", "gradient_checkpointing", "optim", "max_grad_norm", "lr_scheduler_type", "learning_rate",
                 "beta")
-RECORDED_STEPS = 2
+RECORDED_STEPS = 3
 """Steps whose loss and metrics each arm records (warm-up steps, outside the timed ones)."""
 
 
@@ -206,13 +221,15 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 class StepLog:
     """What an arm records: per-step wall and CPU time (all threads of the process), non-pad and computed tokens,
-    the first steps' loss and metrics, and a hash of the first batches (to show all arms train on the same ones)."""
+    the attention scores computed (each row's length squared: SDPA with a mask computes the masked ones too), the
+    first steps' loss and metrics, and a hash of the first batches (to show all arms train on the same ones)."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.cpu_times: list[float] = []
         self.tokens: list[Any] = []
         self.padded: list[int] = []
+        self.cells: list[int] = []
         self.first: list[dict[str, float]] = []
         self.hashes: list[str] = []
         self.last: tuple[float, float] | None = None
@@ -222,7 +239,9 @@ class StepLog:
         (hashed for the first steps, to show every arm ran the same batches; ``None`` after them), the ``tokens``
         of its sequences, and ``computed``, the model input actually run when it is not ``input_ids``."""
         self.tokens.append(tokens)
-        self.padded.append((input_ids if computed is None else computed).numel())
+        computed = input_ids if computed is None else computed
+        self.padded.append(computed.numel())
+        self.cells.append(computed.shape[0] * computed.shape[1] ** 2)
         if len(self.hashes) < RECORDED_STEPS:
             self.hashes.append(hashlib.blake2b(input_ids.cpu().numpy().tobytes(), digest_size=8).hexdigest())
 
@@ -240,8 +259,8 @@ class StepLog:
 
     def result(self, extra: dict[str, Any]) -> dict[str, Any]:
         return {"times": self.times, "cpu_times": self.cpu_times, "tokens": [int(t) for t in self.tokens],
-                "padded": self.padded, "first": self.first, "hashes": self.hashes, "peak_rss_mib": peak_memory_mib(),
-                **extra}
+                "padded": self.padded, "cells": self.cells, "first": self.first, "hashes": self.hashes,
+                "peak_rss_mib": peak_memory_mib(), **extra}
 
 
 def plain_adamw(params, spec: dict[str, Any]):
@@ -397,7 +416,8 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
     accelerator = "cpu" if spec["device"] == "cpu" else "gpu"
     guard = [PerTensorGuard()] if spec["guard"] == "per-tensor" else []  # else the trainer's own NonFiniteGuard
     trainer = AlignmentTrainer(max_steps=spec["total_steps"], accelerator=accelerator, devices=1,
-                               enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+                               precision=spec["precision"], enable_checkpointing=False, num_sanity_val_steps=0,
+                               limit_val_batches=0,
                                default_root_dir=spec["root"], callbacks=[*guard, StepTimer()])
     if spec.get("precompute"):
         start = time.perf_counter()
@@ -443,8 +463,9 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
         config = DPOConfig(**common)
     else:
         optim = "adamw_torch_fused" if spec["adamw"] == "fused" else "adamw_torch"
+        bf16 = spec["precision"] == "bf16-mixed"  # TRL's bf16: autocast over fp32 weights, as Lightning's
         config = DPOConfig(**common, beta=spec["beta"], learning_rate=spec["lr"], lr_scheduler_type="constant",
-                           optim=optim, weight_decay=0.0, max_grad_norm=0.0, bf16=False, fp16=False,
+                           optim=optim, weight_decay=0.0, max_grad_norm=0.0, bf16=bf16, fp16=False,
                            gradient_checkpointing=False)
     dataset = load_dataset("json", data_files=spec["order"], split="train").select_columns(
         ["prompt", "chosen", "rejected"])
@@ -470,12 +491,11 @@ def child(spec_path: str) -> None:
 
 
 def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int) -> dict[str, Any]:
-    import inspect
-
-    from lit_align.data import PreferenceDataModule
-
     grouped = "grouped" in arm
-    row_tokens = inspect.signature(PreferenceDataModule).parameters["pack_row_tokens"].default
+    row_tokens = default_row_tokens()
+    data = lit_data_settings(args, workdir, grouped)
+    if arm.startswith(ROWS_ARM):
+        row_tokens = data["pack_row_tokens"] = int(arm.removeprefix(ROWS_ARM))
     order = workdir / f"order-{'grouped' if grouped else 'random'}.jsonl"
     name = f"{arm}-{round_index}"
     spec = dict(arm=arm, kind=arm.split("-")[0], device=args.device,
@@ -485,11 +505,20 @@ def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int
                 result=str(workdir / "results" / f"{name}.json"), log=str(workdir / "logs" / f"{name}.log"),
                 reference="offline" if "offline" in arm else "online", store=str(workdir / "store"),
                 defaults=arm == "trl-defaults", packing=not arm.endswith("padded"),
-                layout="packed" if arm == "plain-packed" else "padded", row_tokens=row_tokens,
+                layout="packed" if arm.startswith("plain-packed") else "padded", row_tokens=row_tokens,
                 adamw="unfused" if arm.endswith(("-unfused", "-previous")) else "fused",
                 guard="per-tensor" if arm.endswith(("-per-tensor-guard", "-previous")) else "norm",
-                data=lit_data_settings(args, workdir, grouped))
+                precision="bf16-mixed" if arm.endswith("-bf16") else "32-true", data=data)
     return spec
+
+
+def default_row_tokens() -> int | None:
+    """``PreferenceDataModule``'s default ``pack_row_tokens`` (what a user's packed rows hold)."""
+    import inspect
+
+    from lit_align.data import PreferenceDataModule
+
+    return inspect.signature(PreferenceDataModule).parameters["pack_row_tokens"].default
 
 
 def launch(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -511,8 +540,8 @@ def launch(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     """Medians: seconds per step (wall and CPU) over all timed steps of all rounds; tokens/s (non-pad tokens over
     wall seconds) and tokens per CPU-second per round, median over rounds; computed positions per token; the peak
-    RSS (the largest over rounds)."""
-    times, cpu_times, rates, cpu_rates, positions = [], [], [], [], []
+    RSS (the largest over rounds); attention scores computed per token (rows times their length squared)."""
+    times, cpu_times, rates, cpu_rates, positions, cells = [], [], [], [], [], []
     for run in runs:
         timed = slice(warmup, None)
         tokens, padded = run["tokens"][timed], run["padded"][timed]
@@ -521,9 +550,11 @@ def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         rates.append(sum(tokens) / sum(run["times"][timed]))
         cpu_rates.append(sum(tokens) / sum(run["cpu_times"][timed]))
         positions.append(sum(padded) / sum(tokens))
+        cells.append(sum(run["cells"][timed]) / sum(tokens))
     return {"s_per_step": statistics.median(times), "cpu_s_per_step": statistics.median(cpu_times),
             "tokens_per_s": statistics.median(rates), "tokens_per_cpu_s": statistics.median(cpu_rates),
-            "positions_per_token": statistics.median(positions), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "positions_per_token": statistics.median(positions), "cells_per_token": statistics.median(cells),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
             "rounds": len(runs), "steps": len(times), "first": runs[0]["first"], "hashes": runs[0]["hashes"],
             "settings": runs[0].get("settings")}
 
@@ -532,15 +563,17 @@ def print_report(summary: dict[str, dict[str, Any]], info: dict[str, Any], args:
     print(f"\nMedians over {args.steps} timed steps x {args.rounds} rounds after {args.warmup} warm-up steps. "
           "tokens/s: non-pad tokens (chosen + rejected) per wall second; CPU s/step and tokens/CPU-s: process CPU "
           "time (all threads), less sensitive to other load on the machine. Ratios: tokens/s (tokens/CPU-s).")
-    header = ("| arm | tokens/s | s/step | CPU s/step | tokens/CPU-s | positions/token | peak RSS MiB | vs trl | "
-              "vs lit-align-padded | vs its floor |")
+    header = ("| arm | tokens/s | s/step | CPU s/step | tokens/CPU-s | positions/token | attention/token | "
+              "peak RSS MiB | vs trl | vs trl-defaults | vs lit-align-padded | vs its floor |")
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     for arm, s in summary.items():
         floor = floor_of(arm, summary)
-        print(f"| {arm} | {s['tokens_per_s']:.0f} | {s['s_per_step']:.2f} | {s['cpu_s_per_step']:.2f} | "
-              f"{s['tokens_per_cpu_s']:.0f} | {s['positions_per_token']:.2f} | {s['peak_rss_mib']:.0f} | "
-              f"{ratio(s, summary.get('trl'))} | {ratio(s, summary.get('lit-align-padded'))} | "
+        print(f"| {arm} | {s['tokens_per_s']:.0f} | {s['s_per_step']:.2f} | {s['cpu_s_per_step']:.3f} | "
+              f"{s['tokens_per_cpu_s']:.0f} | {s['positions_per_token']:.2f} | {s['cells_per_token']:.0f} | "
+              f"{s['peak_rss_mib']:.0f} | {ratio(s, summary.get('trl'))} | {ratio(s, summary.get('trl-defaults'))} | "
+              f"{ratio(s, summary.get('lit-align-padded'))} | "
               f"{ratio(s, summary.get(floor)) + f' ({floor})' if floor in summary else '-'} |")
+    print_rows(summary)
     print_overheads(summary)
     if "lit-align-offline" in summary and "lit-align" in summary:
         offline, online = summary["lit-align-offline"], summary["lit-align"]
@@ -550,7 +583,7 @@ def print_report(summary: dict[str, dict[str, Any]], info: dict[str, Any], args:
         print(f"offline store precompute (one-off): {info['precompute_s']:.1f} s for {info['pairs']} pairs "
               f"({info['pairs'] / info['precompute_s']:.1f} pairs/s)")
     print_agreement(summary)
-    for arm in ("trl", "trl-defaults"):
+    for arm in ("trl", "trl-bf16", "trl-defaults"):
         if arm in summary:
             print(f"{arm} settings: {summary[arm]['settings']}")
 
@@ -558,10 +591,29 @@ def print_report(summary: dict[str, dict[str, Any]], info: dict[str, Any], args:
 def floor_of(arm: str, summary: dict[str, dict[str, Any]]) -> str:
     """The plain loop an arm is measured against: ``plain-grouped`` for the grouped arms, ``plain-packed`` for the
     other packed lit-align arms (when it ran), ``plain`` for the rest."""
-    if "grouped" in arm:
-        return "plain-grouped"
     packed_lit = arm.startswith("lit-align") and not arm.endswith("padded")
+    if "grouped" in arm:
+        return "plain-packed-grouped" if packed_lit and "plain-packed-grouped" in summary else "plain-grouped"
     return "plain-packed" if packed_lit and "plain-packed" in summary else "plain"
+
+
+def print_rows(summary: dict[str, dict[str, Any]]) -> None:
+    """The row-size arms (``--row-tokens``) beside the default ``lit-align`` arm: what a packed row's length costs."""
+    default = default_row_tokens()
+    arms = {int(arm.removeprefix(ROWS_ARM)): arm for arm in summary if arm.startswith(ROWS_ARM)}
+    if not arms:
+        return
+    if "lit-align" in summary and default not in arms:
+        arms[default] = "lit-align"
+    base = summary.get("lit-align")
+    print(f"\nPacked rows (pack_row_tokens; the data module's default {default}):")
+    print("| pack_row_tokens | arm | tokens/s | CPU s/step | tokens/CPU-s | positions/token | attention/token | "
+          f"peak RSS MiB | vs lit-align ({default}) |\n|" + "---|" * 9)
+    for size in sorted(arms):
+        s = summary[arms[size]]
+        print(f"| {size} | {arms[size]} | {s['tokens_per_s']:.0f} | {s['cpu_s_per_step']:.3f} | "
+              f"{s['tokens_per_cpu_s']:.0f} | {s['positions_per_token']:.3f} | {s['cells_per_token']:.0f} | "
+              f"{s['peak_rss_mib']:.0f} | {ratio(s, base)} |")
 
 
 def print_overheads(summary: dict[str, dict[str, Any]]) -> None:
@@ -580,7 +632,7 @@ def print_overheads(summary: dict[str, dict[str, Any]]) -> None:
 def print_agreement(summary: dict[str, dict[str, Any]]) -> None:
     """The first steps' loss and metrics of every arm, and lit-align's largest difference from TRL and plain
     (absolute, relative for values above 1 in magnitude: summed log-probs of ~100 tokens carry fp32 rounding)."""
-    print("\nFirst two steps (same weights, same batches): loss and metrics per arm")
+    print(f"\nFirst {RECORDED_STEPS} steps (same weights, same batches): loss and metrics per arm")
     same = {arm: s["hashes"] for arm, s in summary.items() if "grouped" not in arm}
     print(f"batches identical across {sorted(same)}: {len({tuple(h) for h in same.values()}) == 1}")
     print("| arm | step | " + " | ".join(METRICS) + " |\n|" + "---|" * (len(METRICS) + 2))
@@ -590,10 +642,24 @@ def print_agreement(summary: dict[str, dict[str, Any]]) -> None:
     reference = summary.get("lit-align")
     for other in ("trl", "plain", "plain-packed"):
         if reference and other in summary:
-            worst = max(abs(a[m] - b[m]) / max(1.0, abs(a[m]))
-                        for a, b in zip(reference["first"], summary[other]["first"], strict=True) for m in METRICS)
+            worst = largest_difference(reference["first"], summary[other]["first"], METRICS)
             verdict = "agree" if worst <= 1e-4 else "DIFFER"
             print(f"lit-align vs {other}: largest difference {worst:.1e} ({verdict} to 1e-4)")
+    for arm, fp32 in BF16_PAIRS.items():
+        if arm in summary and fp32 in summary:
+            ours, theirs = summary[arm]["first"], summary[fp32]["first"]
+            losses, margins = (", ".join(f"{a[name] - b[name]:+.1e}" for a, b in zip(ours, theirs, strict=True))
+                               for name in ("loss", "rewards/margins"))
+            logps = largest_difference(ours, theirs, ("logps/chosen", "logps/rejected"))
+            print(f"{arm} vs {fp32} (fp32), first {len(ours)} steps: loss differences {losses}; reward margins "
+                  f"{margins}; summed log-probs {logps:.1e} relative at most"
+                  + (" (trl-defaults also trains at lr 1e-6, with clipping)" if arm == "trl-defaults" else ""))
+
+
+def largest_difference(first: list[dict[str, float]], second: list[dict[str, float]], metrics) -> float:
+    """The largest difference of ``metrics`` over the recorded steps: absolute, relative for values above 1 in
+    magnitude (summed log-probs of ~100 tokens carry fp32 rounding)."""
+    return max(abs(a[m] - b[m]) / max(1.0, abs(a[m])) for a, b in zip(first, second, strict=True) for m in metrics)
 
 
 def ratio(arm: dict[str, Any], base: dict[str, Any] | None) -> str:
@@ -610,13 +676,16 @@ def main() -> None:
     parser.add_argument("--family", default="llama", help="the model family, at the bench's size (llama, qwen3, "
                         "gemma3_text, or another transformers model_type)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run (>= 2)")
+    parser.add_argument("--warmup", type=int, default=3, help=f"untimed steps at the start of each run "
+                        f"(>= {RECORDED_STEPS}, whose loss and metrics are recorded)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
     parser.add_argument("--pairs", type=int, default=256, help="pairs in the data set (and in the offline store)")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--max-prompt-length", type=int, default=384)
     parser.add_argument("--group-by-length", type=int, default=16, help="window of the grouped arms, in batches")
+    parser.add_argument("--row-tokens", type=int, nargs="+", default=[], help="add lit-align arms at these "
+                        f"pack_row_tokens ({ROWS_ARM}N: the packed rows' size, measured side by side)")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -631,11 +700,12 @@ def main() -> None:
         child(args.child)
         return
     if args.quick:
-        args.rounds, args.warmup, args.steps, args.pairs = 1, 2, 2, 16
+        args.rounds, args.warmup, args.steps, args.pairs = 1, RECORDED_STEPS, 2, 16
         args.max_length, args.max_prompt_length = 256, 192
         args.threads = args.threads or 1  # tiny steps: one thread avoids stalls when other jobs share the cores
         if args.arms == list(ARMS):
             args.arms = ["plain", "plain-packed", "lit-align", "lit-align-padded", "trl"]
+    args.arms += [f"{ROWS_ARM}{size}" for size in args.row_tokens if f"{ROWS_ARM}{size}" not in args.arms]
     if args.warmup < RECORDED_STEPS:
         parser.error(f"--warmup must be at least {RECORDED_STEPS}")
     if importlib.util.find_spec("trl") is None:

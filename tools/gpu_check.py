@@ -1,28 +1,42 @@
-"""GPU acceptance check: one command, a ~1B-parameter Llama built from its config (no downloads), five training
-arms through lit-align's real path (``AlignmentModule`` + ``PreferenceDataModule`` + ``AlignmentTrainer``, FSDP2
+"""GPU acceptance check: one command, a ~1B-parameter Llama built from its config (no downloads), lit-align's
+training arms through its real path (``AlignmentModule`` + ``PreferenceDataModule`` + ``AlignmentTrainer``, FSDP2
 ``ModelParallelStrategy`` on one device with ``FSDPMixedPrecision``: bf16 all-gather and compute, fp32 gradient
-reduction and master weights, under bf16 autocast), and TRL's ``DPOTrainer`` when ``trl`` is importable::
+reduction and master weights, under bf16 autocast), and TRL's ``DPOTrainer`` at matched settings when ``trl`` is
+importable::
 
     python tools/gpu_check.py            # one H200: about 1.1B parameters, 8 pairs × 2 × 1024 tokens per step
     python tools/gpu_check.py --tiny     # the same code on CPU with a tiny Llama, in seconds (the test suite's)
+    python tools/gpu_check.py --arms dpo dpo-flex dpo-padded trl-dpo   # a subset
 
-Arms: ``dpo`` (frozen-copy reference; pairs in the prompt-shared packed layout, the default), ``dpo-padded`` (the
-same with ``packing=False``: each prompt computed twice, rows padded), ``tdpo2`` (token-level KL to the frozen
-copy), ``fpo-store`` (FPO with a random TopK SAE at the middle layer, the reference's log-probs and features
-precomputed once into an offline store, not timed), ``lora-dpo`` (LoRA r=16 on every linear layer, the reference the
-adapter-disabled base), and ``trl-dpo`` (``DPOTrainer``: bf16, gradient checkpointing, the same model, rows, batch
-size and length).
+Arms (the CPU bench's, ``tools/bench.py``, on a GPU, and a few more):
+
+- ``dpo``: frozen-copy reference; pairs in the prompt-shared packed layout (the default) on SDPA with the 4D pair
+  mask; bf16 (FSDP2 mixed precision, fp32 master weights). ``dpo-flex``: the same on FlexAttention, whose
+  ``BlockMask`` skips the blocks masked out entirely (other pairs, rejected on chosen; CUDA only: FlexAttention has
+  no CPU backward). ``dpo-padded``: the same with ``packing=False`` (each prompt computed twice, rows padded).
+  ``dpo-fp32``: ``dpo`` in fp32 throughout, the reference for the bf16 arms' loss agreement.
+- ``tdpo2`` (token-level KL to the frozen copy), ``fpo-store`` (FPO with a random TopK SAE at the middle layer,
+  the reference's log-probs and features precomputed once into an offline store, not timed).
+- ``lora-dpo``: LoRA r=16 on every linear layer, the reference the adapter-disabled base. ``qlora-dpo``: the same
+  adapter on a base read in 4-bit NF4 (double-quantised, bitsandbytes: QLoRA), the reference the adapter-disabled
+  quantised base; on one device without FSDP (4-bit weights are not sharded), bf16 autocast.
+- ``trl-dpo``: ``DPOTrainer`` matched to ``dpo``: the same model, rows, batches in the same order (lit-align's,
+  ``train_sampling_strategy="sequential"``), batch size and length, bf16 autocast, gradient checkpointing,
+  ``adamw_torch_fused`` (lit-align's :class:`lit_align.schedule.AdamW`), lr 1e-6 constant, no weight decay, no
+  clipping. ``trl-fp32``: the same in fp32, matched to ``dpo-fp32``.
 
 Every arm runs in a fresh process on the same synthetic rows (a word-level tokenizer over the model's vocabulary;
 every row the same length, so every batch has the same shape). Per arm it prints tokens/s (non-padding tokens
 of chosen and rejected, over the steps after ``--warmup``), peak memory (``torch.cuda.max_memory_allocated``; on
-CPU the peak resident set) and MFU: model FLOPs (6N per trained token, 4N with LoRA's frozen weights, 2N per
-reference token, plus attention) over the accelerator's dense bf16 peak (``--peak-tflops``, H200: 989).
+CPU the peak resident set), MFU — model FLOPs (6N per trained token, 4N with LoRA's frozen weights, 2N per
+reference token, plus attention) over the accelerator's dense bf16 peak (``--peak-tflops``, H200: 989) — and the
+first steps' losses; then the bf16 arms' loss agreement with the fp32 ones and lit-align's with TRL's.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import resource
@@ -32,7 +46,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("dpo", "dpo-padded", "tdpo2", "fpo-store", "lora-dpo", "trl-dpo")
+ARMS = ("dpo", "dpo-flex", "dpo-padded", "dpo-fp32", "tdpo2", "fpo-store", "lora-dpo", "qlora-dpo", "trl-dpo",
+        "trl-fp32")
+FP32_ARMS = ("dpo-fp32", "trl-fp32")
+RECORDED = 3
+"""Steps whose loss each arm reports (the first ones; policy = reference at step 0, so its loss is ln 2)."""
+AGREEMENT = (("dpo", "dpo-fp32"), ("dpo-flex", "dpo"), ("dpo-padded", "dpo"), ("trl-dpo", "trl-fp32"),
+             ("dpo", "trl-dpo"), ("dpo-fp32", "trl-fp32"))
+"""Pairs of arms that train the same batches from the same weights, whose first losses are compared."""
 ONE_B = dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
              num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False)
 TINY = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -75,39 +96,59 @@ def setup(spec: dict) -> None:
     rows = [{"prompt": text(spec["prompt_len"]), "chosen": " " + text(spec["response_len"] - 1),
              "rejected": " " + text(spec["response_len"] - 1)} for _ in range(spec["pairs_per_step"] * spec["steps"])]
     (work / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_order(spec, rows)
     hidden, layer = spec["config"]["hidden_size"], spec["config"]["num_hidden_layers"] // 2
     sae = SparseAutoencoder(hidden, 8 * hidden, activation="topk", k=32, apply_b_dec_to_input=True, layer=layer)
     save_saelens(sae, work / "sae")
+
+
+def lit_data(spec: dict):
+    """The data module of every lit-align arm (and of the order TRL is given)."""
+    from lit_align.data import PreferenceDataModule
+
+    work = Path(spec["workdir"])
+    length = spec["prompt_len"] + spec["response_len"] + 2
+    return PreferenceDataModule(str(work / "pairs.jsonl"), str(work / "model"), row_format="explicit",
+                                max_length=length, max_prompt_length=spec["prompt_len"] + 1,
+                                batch_size=spec["pairs_per_step"], val_fraction=0.0)
+
+
+def write_order(spec: dict, rows: list[dict]) -> None:
+    """The rows in the order lit-align's data module takes them (``order.jsonl``), for TRL's sequential sampler, so
+    the TRL arms train on lit-align's batches. A row is found by its prompt's words (``w<id>``: the word-level
+    tokenizer's ids, special tokens left out)."""
+    data = lit_data(spec)
+    data.setup("fit")
+    by_prompt = {tuple(int(word[1:]) for word in row["prompt"].split()): row for row in rows}
+    prompts = data.train_set["prompt_ids"]
+    order = [by_prompt[tuple(i for i in prompts[index] if i >= 4)] for index in data.train_dataloader().sampler]
+    (Path(spec["workdir"]) / "order.jsonl").write_text("".join(json.dumps(row) + "\n" for row in order))
 
 
 def lit_parts(spec: dict, arm: str, sharded: bool = True):
     """The module and data of a lit-align arm, as a user's config would build them."""
     from functools import partial
 
-    import torch
-
-    from lit_align.data import PreferenceDataModule
-    from lit_align.models.policy import LoraSettings, PolicySpec
+    from lit_align.models.policy import LoraSettings, PolicySpec, Quantization
     from lit_align.models.sharding import FSDPMixedPrecision
     from lit_align.module import AlignmentModule
     from lit_align.objectives import DPO, FPO, TDPO
     from lit_align.reference import OfflineStore
+    from lit_align.schedule import AdamW
 
     work = Path(spec["workdir"])
     objective = {"tdpo2": lambda: TDPO(variant=2, beta=0.1, alpha=0.5),
                  "fpo-store": lambda: FPO(str(work / "sae"), beta=0.1, alpha=0.5, top_k=32)}.get(arm, DPO)()
     policy = PolicySpec(path=str(work / "model"), gradient_checkpointing=True,
-                        lora=LoraSettings(r=16, alpha=32) if arm == "lora-dpo" else None)
-    reference = OfflineStore(str(work / "store")) if arm.startswith("fpo") else None
-    module = AlignmentModule(objective, policy, reference, optimizer=partial(torch.optim.AdamW, lr=1e-6,
-                                                                             weight_decay=0.0),
+                        lora=LoraSettings(r=16, alpha=32) if arm in ("lora-dpo", "qlora-dpo") else None,
+                        quantization=Quantization() if arm == "qlora-dpo" else None,  # 4-bit NF4, double-quantised
+                        extra={"attn_implementation": "flex_attention"} if arm == "dpo-flex" else {})
+    reference = OfflineStore(str(work / "store")) if arm.startswith("fpo") else None  # else the default: a frozen
+    module = AlignmentModule(objective, policy, reference,  # copy, or with an adapter the adapter-disabled base
+                             optimizer=partial(AdamW, lr=1e-6, weight_decay=0.0),  # fused, as TRL's matched arms
                              packing=arm != "dpo-padded",  # today's default: prompt-shared packed pairs
-                             mixed_precision=FSDPMixedPrecision() if sharded else None)
-    length = spec["prompt_len"] + spec["response_len"] + 2
-    data = PreferenceDataModule(str(work / "pairs.jsonl"), str(work / "model"), row_format="explicit",
-                                max_length=length, max_prompt_length=spec["prompt_len"] + 1,
-                                batch_size=spec["pairs_per_step"], val_fraction=0.0)
-    return module, data
+                             mixed_precision=FSDPMixedPrecision() if sharded and arm not in FP32_ARMS else None)
+    return module, lit_data(spec)
 
 
 def run_lit(spec: dict, arm: str) -> dict:
@@ -125,21 +166,24 @@ def run_lit(spec: dict, arm: str) -> dict:
             meter.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            meter.stop(int(sequence_tokens(batch)))  # either layout: fit builds the one the module runs
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            meter.stop(int(sequence_tokens(batch)), loss)  # either layout: fit builds the one the module runs
 
-    common = dict(accelerator="gpu" if spec["device"] == "cuda" else "cpu", devices=1, precision="bf16-mixed",
+    precision = "32-true" if arm in FP32_ARMS else "bf16-mixed"
+    common = dict(accelerator="gpu" if spec["device"] == "cuda" else "cpu", devices=1, precision=precision,
                   logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                   num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=spec["workdir"])
     if arm == "fpo-store":  # the store, filled once (not timed) on one plain device: FSDP2 cannot stop part-way
         module, data = lit_parts(spec, arm, sharded=False)
         L.seed_everything(0)
         AlignmentTrainer(**common).precompute(module, data)
-    module, data = lit_parts(spec, arm)
+    sharded = arm != "qlora-dpo"  # FSDP2 does not shard bitsandbytes' 4-bit weights: QLoRA runs on one device
+    module, data = lit_parts(spec, arm, sharded=sharded)
     L.seed_everything(0)
-    strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1)
+    strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1) if sharded else "auto"
     trainer = AlignmentTrainer(**common, strategy=strategy, max_steps=spec["steps"], callbacks=[LightningMeter()])
     trainer.fit(module, data)
-    return meter.result(lora=arm == "lora-dpo", reference=arm in ("dpo", "dpo-padded", "tdpo2", "lora-dpo"))
+    return meter.result(lora=arm in ("lora-dpo", "qlora-dpo"), reference=arm != "fpo-store")
 
 
 def run_trl(spec: dict, arm: str) -> dict:
@@ -154,19 +198,22 @@ def run_trl(spec: dict, arm: str) -> dict:
             meter.start()
 
         def on_step_end(self, args, state, control, **kwargs):
-            meter.stop(trainer.recorded_tokens)
+            meter.stop(trainer.recorded_tokens, trainer.recorded_loss)
 
     class CountingDPOTrainer(DPOTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.recorded_tokens = int(inputs["attention_mask"].sum())
-            return super().training_step(model, inputs, num_items_in_batch)
+            self.recorded_loss = super().training_step(model, inputs, num_items_in_batch)
+            return self.recorded_loss
 
+    # matched to lit-align's arms: fused AdamW at a constant lr 1e-6, no weight decay, no clipping, checkpointing
     config = DPOConfig(output_dir=str(work / "trl"), max_steps=spec["steps"], beta=0.1, learning_rate=1e-6,
+                       lr_scheduler_type="constant", optim="adamw_torch_fused", max_grad_norm=0.0,
                        per_device_train_batch_size=spec["pairs_per_step"], weight_decay=0.0,
-                       max_length=spec["prompt_len"] + spec["response_len"] + 2, bf16=spec["device"] == "cuda",
+                       max_length=spec["prompt_len"] + spec["response_len"] + 2, bf16=arm not in FP32_ARMS,
                        gradient_checkpointing=True, train_sampling_strategy="sequential", save_strategy="no",
                        report_to="none", use_cpu=spec["device"] == "cpu", dataloader_num_workers=0, seed=0)
-    dataset = load_dataset("json", data_files=str(work / "pairs.jsonl"), split="train")
+    dataset = load_dataset("json", data_files=str(work / "order.jsonl"), split="train")
     trainer = CountingDPOTrainer(model=str(work / "model"), args=config, train_dataset=dataset,
                                  processing_class=AutoTokenizer.from_pretrained(work / "model"), callbacks=[Timer()])
     trainer.train()
@@ -179,6 +226,7 @@ class Meter:
     def __init__(self, spec: dict) -> None:
         self.spec = spec
         self.steps, self.seconds, self.tokens, self.began = 0, 0.0, 0, 0.0
+        self.losses: list[float] = []
 
     def _sync(self) -> None:
         if self.spec["device"] == "cuda":
@@ -190,11 +238,13 @@ class Meter:
         self._sync()
         self.began = time.perf_counter()
 
-    def stop(self, tokens: int) -> None:
+    def stop(self, tokens: int, loss=None) -> None:
         self._sync()
         if self.steps >= self.spec["warmup"]:
             self.seconds += time.perf_counter() - self.began
             self.tokens += tokens
+        if len(self.losses) < RECORDED and loss is not None:  # read after the step's timing ends
+            self.losses.append(float(loss.detach().float()))
         self.steps += 1
 
     def result(self, lora: bool, reference: bool) -> dict:
@@ -207,7 +257,8 @@ class Meter:
             peak, where = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host RSS"
         flops = flops_per_token(self.spec, lora, reference)
         mfu = rate * flops / (self.spec["peak_tflops"] * 1e12) if self.spec["device"] == "cuda" else None
-        return {"steps": self.steps, "tokens_per_s": rate, "peak_gib": peak, "peak_of": where, "mfu": mfu}
+        return {"steps": self.steps, "tokens_per_s": rate, "peak_gib": peak, "peak_of": where, "mfu": mfu,
+                "losses": self.losses}
 
 
 def flops_per_token(spec: dict, lora: bool, reference: bool) -> float:
@@ -253,7 +304,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H200 SXM: 989)")
     parser.add_argument("--workdir", type=Path, help="where the model, rows, SAE and store go (default: temporary)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument("--timeout", type=float, default=150.0, help="seconds per arm")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per arm")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -276,9 +327,7 @@ def main() -> None:
 
 
 def report(spec: dict, arms: list[str], timeout: float) -> int:
-    """Set up, run each arm, print one row per arm; the number of arms that failed."""
-    import importlib.util
-
+    """Set up, run each arm, print one row per arm, then the loss agreement; the number of arms that failed."""
     failures = 0
     setup_result = launch(spec, "setup", 2 * timeout)
     if isinstance(setup_result, str):
@@ -288,20 +337,40 @@ def report(spec: dict, arms: list[str], timeout: float) -> int:
     print(f"Llama {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, vocab {c['vocab_size']}; "
           f"{spec['pairs_per_step']} pairs × 2 × {spec['prompt_len'] + spec['response_len']} tokens per step, "
           f"{spec['steps']} steps (first {spec['warmup']} untimed), device {spec['device']}")
-    print(f"{'arm':<10} {'tokens/s':>10} {'peak GiB':>9} {'of':>8} {'MFU':>6}")
+    print(f"{'arm':<10} {'tokens/s':>10} {'peak GiB':>9} {'of':>8} {'MFU':>6}  losses of the first {RECORDED} steps")
+    results = {}
     for arm in arms:
-        if arm == "trl-dpo" and importlib.util.find_spec("trl") is None:
-            print(f"{arm:<10} skipped: trl is not installed")
+        reason = skipped(arm, spec)
+        if reason:
+            print(f"{arm:<10} skipped: {reason}")
             continue
         result = launch(spec, arm, timeout)
         if isinstance(result, str):
             failures += 1
             print(f"{arm:<10} {result}")
             continue
+        results[arm] = result
         mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a"
+        losses = " ".join(f"{loss:.6f}" for loss in result["losses"])
         print(f"{arm:<10} {result['tokens_per_s']:>10.0f} {result['peak_gib']:>9.2f} {result['peak_of']:>8} "
-              f"{mfu:>6}", flush=True)
+              f"{mfu:>6}  {losses}", flush=True)
+    for arm, other in AGREEMENT:
+        if arm in results and other in results:
+            gaps = [abs(a - b) for a, b in zip(results[arm]["losses"], results[other]["losses"], strict=False)]
+            print(f"loss agreement {arm} vs {other} (same weights, same batches): largest difference "
+                  f"{max(gaps, default=float('nan')):.1e} over the first {len(gaps)} steps")
     return failures
+
+
+def skipped(arm: str, spec: dict) -> str | None:
+    """Why ``arm`` cannot run here, or ``None``."""
+    if arm.startswith("trl") and importlib.util.find_spec("trl") is None:
+        return "trl is not installed"
+    if arm == "qlora-dpo" and importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (pip install 'lit-align[qlora]')"
+    if arm == "dpo-flex" and spec["device"] != "cuda":
+        return "FlexAttention runs on CUDA only (no CPU backward in torch)"
+    return None
 
 
 if __name__ == "__main__":
