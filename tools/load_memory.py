@@ -6,10 +6,11 @@ through the tests' ``CPUFSDPStrategy``) or DDP, up to the first training step::
     python tools/load_memory.py --strategy fsdp2          # lit-align's loading (lit_align/models/loading.py)
     python tools/load_memory.py --strategy fsdp2 --whole  # the old way: from_pretrained in every process + deep copy
 
-Per rank it prints the resident set before ``fit`` (the baseline), the peak (``VmHWM``, reset at the baseline) once the models are
-built (the end of ``configure_model``: under DDP the models are then whole, and DDP's wrapper broadcasts them after)
-and when training starts, the bytes of the policy and the reference the process holds (its shards; under DDP both
-whole), and the overhead of each peak: peak − baseline − held, as a fraction of the fp32 model size.
+Per rank it prints the resident set before ``fit`` (the baseline), the peak (``VmHWM``, reset at the baseline) once
+the models are built (the end of ``configure_model``: under DDP the models are then whole, and DDP's wrapper
+broadcasts them after) and when training starts, the bytes of the policy and the reference the process holds (its
+shards; under DDP both whole), and the overhead of each peak: peak − baseline − held, as a fraction of the fp32
+model size.
 """
 
 from __future__ import annotations

@@ -25,13 +25,14 @@ from torch import Tensor, nn
 
 from lit_align.hyperparameters import save_plain_hyperparameters
 from lit_align.models.policy import PolicySpec, build_policy
+from lit_align.schedule import AdamW
 from lit_align.thinker.generator import BlockPrior, GaussianThoughts, ThoughtGenerator
 from lit_align.thinker.injection import ThoughtMode, control, gather_positions, inject
 from lit_align.thinker.losses import ThoughtLoss, ThoughtTerms, answer_nll
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    return AdamW(params, lr=1e-3, weight_decay=0.0)  # fused where torch has the kernel
 
 
 class LatentThoughtModule(L.LightningModule):
