@@ -95,7 +95,8 @@ def _keys(parser: LightningArgumentParser) -> list[str]:
 def main(args: list[str] | None = None) -> None:
     """The ``lit-align`` console script, with one-line errors (:func:`~lit_align.errors.run_entry`). A ``--config``
     whose ``model.class_path`` names :class:`~lit_align.thinker.LatentThoughtModule` runs with that module's CLI
-    (:mod:`lit_align.thinker.cli`), so every method runs as ``lit-align fit --config configs/x.yaml``."""
+    (:mod:`lit_align.thinker.cli`), one naming :class:`~lit_align.online.on_policy.OnPolicyModule` with the on-policy
+    CLI (:mod:`lit_align.online.on_policy_cli`), so every method runs as ``lit-align fit --config configs/x.yaml``."""
     run_entry(_run, args)
 
 
@@ -107,10 +108,14 @@ def _run(args: list[str] | None) -> None:
         auto_cli(export_checkpoint, args=given[1:], as_positional=False)
     elif given[:1] == ["configs"]:
         configs_command(given[1:])
-    elif _names_thought_model(given):
+    elif _names_model(given, THOUGHT_MODELS):
         from lit_align.thinker.cli import run_thinker
 
         run_thinker(args)
+    elif _names_model(given, ON_POLICY_MODELS):
+        from lit_align.online.on_policy_cli import run_on_policy
+
+        run_on_policy(args)
     else:
         AlignmentCLI(
             AlignmentModule,
@@ -127,15 +132,18 @@ def _run(args: list[str] | None) -> None:
 THOUGHT_MODELS = frozenset({"lit_align.thinker.LatentThoughtModule", "lit_align.thinker.module.LatentThoughtModule"})
 """The ``model.class_path`` values that route ``lit-align`` to the thinker's CLI (a subclass of
 ``LatentThoughtModule`` runs through ``lit-align-thinker``, whose parser checks it is one)."""
+ON_POLICY_MODELS = frozenset({"lit_align.online.OnPolicyModule", "lit_align.online.on_policy.OnPolicyModule"})
+"""The ``model.class_path`` values that route ``lit-align`` to the on-policy CLI
+(:mod:`lit_align.online.on_policy_cli`)."""
 
 
-def _names_thought_model(args: list[str]) -> bool:
-    """Whether a ``--config`` file among ``args`` names :class:`LatentThoughtModule` as ``model.class_path``; read
-    as text, importing nothing a config names (the parser validates a class path before it is imported)."""
+def _names_model(args: list[str], class_paths: frozenset[str]) -> bool:
+    """Whether a ``--config`` file among ``args`` names one of ``class_paths`` as ``model.class_path``; read as text,
+    importing nothing a config names (the parser validates a class path before it is imported)."""
     paths = [value for flag, value in zip(args, args[1:], strict=False) if flag in ("-c", "--config")]
     paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
     for path in filter(os.path.isfile, paths):
         model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
-        if isinstance(model, dict) and model.get("class_path") in THOUGHT_MODELS:
+        if isinstance(model, dict) and model.get("class_path") in class_paths:
             return True
     return False
