@@ -10,7 +10,6 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lit_align.callbacks.divergence import DivergenceGuard
 from lit_align.data import PreferenceDataModule
 from lit_align.eval import SamplingEvaluation, pair_statistics
 from lit_align.models.policy import PolicySpec
@@ -66,10 +65,7 @@ def run_controlled(spec: RunSpec, run_dir: Path) -> dict:
         pairs=False,  # the held-out pairs are evaluated once, at the end, below
     )
     start = time.perf_counter()
-    # No DivergenceGuard (AlignmentTrainer's default stops at 100x the first step's gradient norm): on this task
-    # f-DPO forward KL and α spike to 100-1400x it within the first 60 steps and train on (AdamW bounds each
-    # update), as every run on docs/frontier.md did before the guard existed; a run that goes non-finite still stops.
-    _trainer(run_dir, spec.run.max_epochs, [callback, DivergenceGuard(factor=None)]).fit(module, data)
+    _trainer(run_dir, spec.run.max_epochs, [callback]).fit(module, data)
     stats = pair_statistics(module, data.val_dataloader())
     return {
         "name": spec.name,
