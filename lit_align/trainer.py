@@ -32,8 +32,8 @@ class AlignmentTrainer(L.Trainer):
     checkpoints written atomically and read weights-only (:class:`~lit_align.checkpoint_io.SafeCheckpointIO`,
     unless another ``CheckpointIO`` is given), optimizer steps with a non-finite loss or gradient skipped
     (:class:`~lit_align.callbacks.NonFiniteGuard`), and a run whose loss or gradient norm explodes while its
-    weights leave their scale stopped before the diverged step is applied or saved (:class:`~lit_align.callbacks.DivergenceGuard`); each guard
-    unless ``callbacks`` hold one already."""
+    weights leave their scale stopped before the diverged step is applied or saved
+    (:class:`~lit_align.callbacks.DivergenceGuard`); each guard unless ``callbacks`` hold one already."""
 
     def __init__(self, *args: Any, resume_allows: list[str] | None = None, **kwargs: Any) -> None:
         """Lightning's ``Trainer`` arguments, and:
