@@ -64,7 +64,22 @@ def run_entry(entry: Callable[[list[str] | None], None], args: list[str] | None 
         else:
             raise
         sys.stderr.write("".join(f"error: {part}\n" for part in line.splitlines()))
+        sys.stderr.flush()
+        leave_process_group()
         raise SystemExit(status) from None
+
+
+def leave_process_group() -> None:
+    """Destroy this process's distributed group, if it has one, before exiting on a refusal: a gloo group left to
+    the interpreter's shutdown can abort the process ("terminate called without an active exception", status -6)
+    instead of letting it exit with the refusal's status. Best effort: the line is already written."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - a peer already gone; exiting anyway
+            pass
 
 
 def find_config_error(error: BaseException) -> ConfigError | None:
