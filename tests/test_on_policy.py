@@ -61,7 +61,7 @@ def prompt_data(path: Path, tokenizer_dir: str, **kwargs) -> PromptDataModule:
 
 
 def module(model_dir: str, objective=None, policy_spec: PolicySpec | None = None, **kwargs) -> OnPolicyModule:
-    options = dict(reward_fn=LetterShare(), samples_per_prompt=4, max_new_tokens=12, seed=0,
+    options = dict(reward_fn=LetterShare(), samples_per_prompt=4, max_new_tokens=12, sampling_seed=0,
                    optimizer=partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.0))
     return OnPolicyModule(objective or DPO(beta=0.1), policy_spec or PolicySpec(path=model_dir),
                           **{**options, **kwargs})

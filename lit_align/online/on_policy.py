@@ -3,7 +3,8 @@
 Each training step takes a batch of prompts (:class:`~lit_align.online.prompts.PromptDataModule`) and
 
 1. samples ``k = samples_per_prompt`` responses to each from the current policy, under ``no_grad`` with the KV cache
-   (:func:`~lit_align.online.rollout.sample_responses`), seeded by ``(seed, global step, micro-batch, global rank)``;
+   (:func:`~lit_align.online.rollout.sample_responses`), seeded by ``(sampling_seed, global step, micro-batch,
+   global rank)``;
 2. scores them with ``reward_fn(prompts, responses)`` (:mod:`lit_align.online.reward`);
 3. builds pairs from the rewards (:class:`~lit_align.online.PairBuilder`: best vs worst, or every pair above a
    margin) and batches their generated token ids with the preference collator;
@@ -64,7 +65,8 @@ class OnPolicyModule(AlignmentModule):
         pairs: how pairs are built from the rewards (``{rule: best_vs_worst | all_above_margin, margin: m}``).
         max_new_tokens: longest response, in tokens (a longer one is cut and trained without an end of turn).
         temperature: sampling temperature (ancestral sampling, no top-k/top-p).
-        seed: the sampling seed; each micro-batch samples under ``(seed, global step, batch index, global rank)``.
+        sampling_seed: each micro-batch samples under ``(sampling_seed, global step, batch index, global rank)``
+            (its own name: the data module's ``seed`` orders the prompts).
         generation_batch_size: prompt-sample rows per ``generate`` call; unset, all of a batch's ``B·k`` rows.
     """
 
@@ -77,7 +79,7 @@ class OnPolicyModule(AlignmentModule):
         pairs: PairBuilder | None = None,
         max_new_tokens: PositiveInt = 64,
         temperature: PositiveFloat = 1.0,
-        seed: int = 0,
+        sampling_seed: int = 0,
         generation_batch_size: PositiveInt | None = None,
         reference: ReferenceProvider | None = None,
         optimizer: OptimizerCallable = default_optimizer,
@@ -107,7 +109,7 @@ class OnPolicyModule(AlignmentModule):
         self.samples_per_prompt = samples_per_prompt
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        self.seed = seed
+        self.sampling_seed = sampling_seed
         self.generation_batch_size = generation_batch_size
         self.online_metrics = MetricBank()
         self.skipped_steps = 0
@@ -130,7 +132,7 @@ class OnPolicyModule(AlignmentModule):
             self.policy, datamodule.tokenizer, batch["input_ids"], batch["attention_mask"], samples_per_prompt=k,
             max_new_tokens=self.max_new_tokens, temperature=self.temperature,
             batch_size=self.generation_batch_size or rows, pad_token_id=datamodule.pad_token_id,
-            seed=step_seed(self.seed, self.global_step, batch_idx, self.global_rank))
+            seed=step_seed(self.sampling_seed, self.global_step, batch_idx, self.global_rank))
         scored = time.perf_counter()
         prompts = [text for text in batch["prompt_text"] for _ in range(k)]
         rewards = checked_rewards(self.reward_fn(prompts, rollout.texts), rows, self.reward_fn)
