@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
@@ -67,9 +68,14 @@ def doc_config() -> str:
     return re.search(r"<!-- online_custom.yaml -->\n```yaml\n(.*?)```", text, re.S).group(1)
 
 
-def test_the_documented_config_for_your_prompts_and_reward_model(tmp_path, model_dir, tokenizer_dir):
+@pytest.mark.parametrize("mode", ["online", "iterative"])
+def test_the_documented_config_for_your_prompts_and_reward_model(tmp_path, model_dir, tokenizer_dir, mode):
     """docs/online.md's config, as a user runs it: a tiny policy, prompts as conversations, a tiny
-    sequence-classification reward model with its own tokenizer (on CPU, in fp32, two steps)."""
+    sequence-classification reward model with its own tokenizer (on CPU, in fp32): two fully online steps, or two
+    iterative rounds with the switches docs/online.md names (4 steps each: 8 prompts, 2 a step)."""
+    switches = {"online": ["--trainer.max_steps=2"],
+                "iterative": ["--model.iterative=true", "--trainer.reload_dataloaders_every_n_epochs=1",
+                              "--trainer.max_steps=-1", "--trainer.max_epochs=2"]}[mode]
     torch.manual_seed(0)
     reward_dir = tmp_path / "reward_model"
     settings = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
@@ -86,12 +92,19 @@ def test_the_documented_config_for_your_prompts_and_reward_model(tmp_path, model
     result = subprocess.run(
         [sys.executable, "-m", "lit_align", "fit", "--config", str(config), f"--model.policy.path={policy_dir}",
          f"--data.path={prompts}", f"--model.reward_fn.path={reward_dir}",
-         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true", "--trainer.max_steps=2",
+         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true", *switches,
          "--model.max_new_tokens=8", "--data.batch_size=2", "--trainer.log_every_n_steps=1",
          f"--trainer.default_root_dir={tmp_path}/run", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
          f"--trainer.logger.save_dir={tmp_path}/run"],
         capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     [metrics] = (tmp_path / "run").rglob("metrics.csv")
-    rows = [row for row in csv.DictReader(metrics.open()) if row.get("online/reward_step")]
+    rows = list(csv.DictReader(metrics.open()))
+    if mode == "iterative":
+        rounds = [row for row in rows if row.get("online/round/reward")]
+        assert [float(row["online/round/round"]) for row in rounds] == [0.0, 1.0]
+        assert all(float(row["online/round/pairs"]) > 0 for row in rounds)
+        assert len([row for row in rows if row.get("train/loss_step")]) == 8
+        return
+    rows = [row for row in rows if row.get("online/reward_step")]
     assert len(rows) == 2 and all(math.isfinite(float(row["online/reward_step"])) for row in rows)

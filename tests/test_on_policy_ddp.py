@@ -61,28 +61,38 @@ def checksum(module: OnPolicyModule) -> float:
 
 
 def run(spec: dict) -> None:
-    out = Path(spec["out"])
+    out, rounds = Path(spec["out"]), spec.get("rounds")
     module = OnPolicyModule(DPO(beta=0.1), PolicySpec(path=spec["model"]),
-                            reward_fn=ScriptedTies({0: [0, 1], 1: [1]}), samples_per_prompt=4, max_new_tokens=10,
-                            optimizer=partial(torch.optim.SGD, lr=0.5))
+                            reward_fn=ScriptedTies({} if rounds else {0: [0, 1], 1: [1]}), samples_per_prompt=4,
+                            max_new_tokens=10, optimizer=partial(torch.optim.SGD, lr=0.5), iterative=bool(rounds))
     data = PromptDataModule(path=spec["prompts"], tokenizer=spec["tokenizer"], max_length=64, max_prompt_length=32,
                             batch_size=4, val_fraction=0.0)
     record = Record()
-    trainer = make_trainer(out, spec["steps"], strategy="ddp", devices=2, callbacks=[record])
+    by_epochs = dict(max_epochs=rounds, reload_dataloaders_every_n_epochs=1) if rounds else {}
+    trainer = make_trainer(out, -1 if rounds else spec["steps"], strategy="ddp", devices=2, callbacks=[record],
+                           **by_epochs)
     trainer.fit(module, data)
     facts = {"keys": record.keys, "sums": record.sums, "initial": record.initial, "skipped": module.skipped_steps,
              "world_size": trainer.world_size, "train_keys": sorted(data.train_set["example_key"])}
+    if rounds:
+        facts["round"] = [module.round.index, module.round.pairs]
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(facts))
 
 
-def test_ddp_samples_its_own_prompts_and_skips_together(tmp_path, model_dir, tokenizer_dir):
+def launch(tmp_path: Path, model_dir: str, tokenizer_dir: str, **spec) -> tuple[dict, dict]:
+    """Both processes' facts from a two-process run of ``spec``."""
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": row["prompt"]} for row in explicit_rows(24)])
-    spec = {"model": model_dir, "tokenizer": tokenizer_dir, "prompts": str(prompts), "steps": 4, "out": str(tmp_path)}
+    spec = {"model": model_dir, "tokenizer": tokenizer_dir, "prompts": str(prompts), "out": str(tmp_path), **spec}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     result = subprocess.run([sys.executable, "-m", "tests.test_on_policy_ddp", str(tmp_path / "spec.json")], cwd=ROOT,
                             env=loopback_env(), capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    return first, second
+
+
+def test_ddp_samples_its_own_prompts_and_skips_together(tmp_path, model_dir, tokenizer_dir):
+    first, second = launch(tmp_path, model_dir, tokenizer_dir, steps=4)
     assert first["world_size"] == second["world_size"] == 2
     for a, b in zip(first["keys"], second["keys"], strict=True):  # each process its own prompts
         assert len(a) == len(b) == 4 and not set(a) & set(b)
@@ -96,3 +106,20 @@ def test_ddp_samples_its_own_prompts_and_skips_together(tmp_path, model_dir, tok
 
 if __name__ == "__main__":
     run(json.loads(Path(sys.argv[1]).read_text()))
+
+
+def test_ddp_rounds_gather_every_process_pairs(tmp_path, model_dir, tokenizer_dir):
+    """Iterative rounds under DDP: each process samples its own 12 prompts of a round, the round's pairs are
+    gathered so both hold the same ones, and the training order deals them to the two (disjoint pairs a step, each
+    pair of the round once); the weights stay equal."""
+    first, second = launch(tmp_path, model_dir, tokenizer_dir, rounds=2)
+    assert first["round"] == second["round"] and first["round"][0] == 1
+    pairs = {pair["example_key"] for pair in first["round"][1]}
+    assert 20 <= len(pairs) <= 24  # one pair per prompt of the 24, less any prompt whose samples all tie
+    steps = len(first["keys"]) // 2
+    last_round = [key for step in range(steps, len(first["keys"])) for rank in (first, second)
+                  for key in rank["keys"][step]]
+    assert set(last_round) == pairs and len(last_round) == len(pairs) + len(pairs) % 2  # an odd count repeats one
+    for a, b in zip(first["keys"], second["keys"], strict=True):
+        assert not set(a) & set(b)
+    assert first["sums"] == second["sums"] and first["sums"][-1] != first["initial"]

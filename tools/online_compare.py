@@ -1,6 +1,6 @@
 """Offline vs on-policy training on the controlled task, over seeds (docs/online.md, issue 29 item 4).
 
-    python -m tools.online_compare --seeds 0 1 2 3 4 --jobs 1      # 45 runs, about an hour on one core
+    python -m tools.online_compare --seeds 0 1 2 3 4 --jobs 1      # 60 runs, about 80 minutes on one core
     python -m tools.online_compare --quick                          # 2 steps per run, for a smoke test
 
 Every run is the real command line (``lit-align fit``) in its own process (one thread), on the quickstart's task
@@ -12,7 +12,9 @@ Arms:
 
 - ``offline``: 100 optimizer steps over the fixed pairs;
 - ``online``: 100 on-policy steps (equal optimizer steps);
-- ``online_tokens``: 62 on-policy steps, the 62 × 64 ≈ 4000 samples the offline pairs hold (equal sampled tokens).
+- ``online_tokens``: 62 on-policy steps, the 62 × 64 ≈ 4000 samples the offline pairs hold (equal sampled tokens);
+- ``iterative``: 100 steps of iterative rounds: round 0 samples every prompt (2000 × 2) from the SFT model and
+  trains on its pairs (63 steps), round 1 samples them all again from that policy and trains until step 100.
 
 At the end each run's :class:`~lit_align.tasks.OracleRewardReport` samples 256 held-out prompts × 2 from the policy
 (``task/reward``, ``task/kl_reverse``, ``task/entropy``, ``task/distinct_2``). Each claim "on-policy exceeds
@@ -43,10 +45,13 @@ OBJECTIVES = {
     "TDPO2": ["--model.objective=lit_align.objectives.TDPO", "--model.objective.variant=2",
               "--model.objective.beta=0.1"],
 }
+ON_POLICY = ["--data.batch_size=32", "--model.samples_per_prompt=2"]
+ROUNDS = ["--model.iterative=true", "--trainer.reload_dataloaders_every_n_epochs=1", "--trainer.max_epochs=null"]
 ARMS = {  # name: (config, optimizer steps, extra switches)
     "offline": ("configs/quickstart.yaml", 100, ["--trainer.max_epochs=null"]),
-    "online": ("configs/online.yaml", 100, ["--data.batch_size=32", "--model.samples_per_prompt=2"]),
-    "online_tokens": ("configs/online.yaml", 62, ["--data.batch_size=32", "--model.samples_per_prompt=2"]),
+    "online": ("configs/online.yaml", 100, ON_POLICY),
+    "online_tokens": ("configs/online.yaml", 62, ON_POLICY),
+    "iterative": ("configs/online.yaml", 100, ON_POLICY + ROUNDS),
 }
 METRICS = {"reward": "oracle reward", "kl_reverse": "KL(π‖π_ref)", "entropy": "entropy", "distinct_2": "distinct-2"}
 TIMES = ("online/time/generate_epoch", "online/time/score_epoch", "online/time/train_epoch",
@@ -107,12 +112,12 @@ def table(results: list[dict], seeds: list[int]) -> str:
                          + f" | {statistics.fmean(r['seconds'] for r in rows):.0f} |")
     lines += ["", "| objective | claim | verdict | numbers |", "|---|---|---|---|"]
     for objective in OBJECTIVES:
-        for arm in ("online", "online_tokens"):
+        for arm in ("online", "online_tokens", "iterative"):
             for metric, label in METRICS.items():
                 result = compare({s: by[arm, objective, s][metric] for s in seeds},
                                  {s: by["offline", objective, s][metric] for s in seeds})
                 lines.append(f"| {objective} | {arm} > offline: {label} | {result.verdict} | {result.text()} |")
-    timed = [r for r in results if r["arm"] != "offline" and TIMES[0] in r]
+    timed = [r for r in results if r["arm"] in ("online", "online_tokens") and TIMES[0] in r]
     if timed:
         split = {key.split("/")[-1].removesuffix("_epoch"): statistics.median(r[key] for r in timed) for key in TIMES}
         lines += ["", "On-policy step split, median over runs of each run's mean per step: " +

@@ -16,6 +16,10 @@ https://arxiv.org/abs/2402.04792; TRL's ``OnlineDPOTrainer``) and the on-policy 
 (Xiong et al. 2024, https://arxiv.org/abs/2312.11456; Dong et al. 2024, https://arxiv.org/abs/2405.07863), with the
 objective left open: f-DPO's divergences, TDPO's token-level KL, FPO's SAE features, SimPO, mixtures.
 
+With ``iterative: true`` the module samples a whole round's pairs first, then trains on them (iterative DPO,
+:mod:`lit_align.online.rounds`): a round is an epoch, whose dataloader the data module builds from
+:meth:`OnPolicyModule.round_pairs`.
+
 A step whose prompts give no pair (all ties, or all within the margin) is counted and skipped: no optimizer update.
 Under DDP every process runs the same collectives: a process without pairs trains on a stand-in pair with zero
 weight, and a step without pairs on any process drops its gradients before the optimizer sees them. A resumed run
@@ -26,6 +30,7 @@ and the prompts come in the data module's saved order), so it reaches the same w
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -45,6 +50,7 @@ from lit_align.online.pairs import PairBuilder, ScoredPairs
 from lit_align.online.prompts import prompt_ids
 from lit_align.online.reward import RewardFn, checked_rewards
 from lit_align.online.rollout import Rollout, sample_responses, step_seed, token_pairs
+from lit_align.online.rounds import SampledRound, sample_round
 from lit_align.reference import OfflineStore, ReferenceProvider
 from lit_align.schedule import Schedule, default_optimizer
 
@@ -68,6 +74,8 @@ class OnPolicyModule(AlignmentModule):
         sampling_seed: each micro-batch samples under ``(sampling_seed, global step, batch index, global rank)``
             (its own name: the data module's ``seed`` orders the prompts).
         generation_batch_size: prompt-sample rows per ``generate`` call; unset, all of a batch's ``B·k`` rows.
+        iterative: sample each epoch's pairs at its start (a round), then train on them, ``data.batch_size`` pairs a
+            step, instead of sampling afresh every step; needs ``trainer.reload_dataloaders_every_n_epochs: 1``.
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class OnPolicyModule(AlignmentModule):
         temperature: PositiveFloat = 1.0,
         sampling_seed: int = 0,
         generation_batch_size: PositiveInt | None = None,
+        iterative: bool = False,
         reference: ReferenceProvider | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -111,20 +120,34 @@ class OnPolicyModule(AlignmentModule):
         self.temperature = temperature
         self.sampling_seed = sampling_seed
         self.generation_batch_size = generation_batch_size
+        self.iterative = iterative
+        self.round: SampledRound | None = None
+        """The current round's pairs (iterative mode; saved in checkpoints)."""
         self.online_metrics = MetricBank()
         self.skipped_steps = 0
         """Optimizer steps skipped because no process had a pair (saved in checkpoints)."""
         self._step_pairs = 0
-        self._clock: dict[str, float] = {}
+        self.clock: dict[str, float] = {}
+        """The current micro-batch's times: its start, ``generate`` and ``score`` seconds, and ``samples``."""
+
+    def setup(self, stage: str) -> None:
+        reload = self.trainer.reload_dataloaders_every_n_epochs
+        if self.iterative and stage == "fit" and reload != 1:
+            raise ConfigError("trainer.reload_dataloaders_every_n_epochs", reload, "1 with model.iterative: each "
+                              "round's pairs are sampled when its epoch's dataloader is built")
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        self._place_reward()
+
+    def _place_reward(self) -> None:
+        """The reward function on the policy's device, when it has one to be moved to."""
         if callable(getattr(self.reward_fn, "to", None)):
             self.reward_fn.to(self.device)
 
-    def rollout(self, batch: dict[str, Any], batch_idx: int) -> tuple[Rollout, Tensor]:
-        """Sample ``k`` responses to each prompt of ``batch`` and score them: the rollout and its rewards
-        ``(B, k)`` (float64, on the CPU)."""
+    def rollout(self, batch: dict[str, Any], seed: int) -> tuple[Rollout, Tensor]:
+        """Sample ``k`` responses to each prompt of ``batch`` under ``seed`` and score them: the rollout and its
+        rewards ``(B, k)`` (float64, on the CPU)."""
         datamodule, k = self.trainer.datamodule, self.samples_per_prompt
         rows = len(batch["input_ids"]) * k
         start = time.perf_counter()
@@ -132,11 +155,11 @@ class OnPolicyModule(AlignmentModule):
             self.policy, datamodule.tokenizer, batch["input_ids"], batch["attention_mask"], samples_per_prompt=k,
             max_new_tokens=self.max_new_tokens, temperature=self.temperature,
             batch_size=self.generation_batch_size or rows, pad_token_id=datamodule.pad_token_id,
-            seed=step_seed(self.sampling_seed, self.global_step, batch_idx, self.global_rank))
+            seed=seed)
         scored = time.perf_counter()
         prompts = [text for text in batch["prompt_text"] for _ in range(k)]
         rewards = checked_rewards(self.reward_fn(prompts, rollout.texts), rows, self.reward_fn)
-        self._clock.update(generate=scored - start, score=time.perf_counter() - scored, samples=rows)
+        self.clock.update(generate=scored - start, score=time.perf_counter() - scored, samples=rows)
         return rollout, rewards.cpu().double().reshape(-1, k)
 
     def pair_batch(self, batch: dict[str, Any], rollout: Rollout, pairs: ScoredPairs) -> dict[str, Any]:
@@ -146,8 +169,20 @@ class OnPolicyModule(AlignmentModule):
         collate = PairCollator(self.trainer.datamodule.pad_token_id, row_tokens=row_tokens, layout=layout)
         return move_data_to_device(collate(token_pairs(prompt_ids(batch), rollout, pairs)), self.device)
 
+    def round_pairs(self, prompts: Iterable[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+        """Round ``index``'s pairs, all processes': sampled from ``prompts`` (this process's batches of the epoch),
+        or the checkpoint's when a run resumes inside that round (or the checkpoint's later round: Lightning asks
+        for epoch 0's dataloader to count the run's steps before it restores the loop's epoch)."""
+        if self.round is None or self.round.index < index:
+            self._place_reward()
+            self.round = sample_round(self, prompts, index)
+        return self.round.pairs
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        rollout, rewards = self.rollout(batch, batch_idx)
+        if self.iterative:
+            return super().training_step(batch, batch_idx)  # the round's pairs, as offline
+        seed = step_seed(self.sampling_seed, self.global_step, batch_idx, self.global_rank)
+        rollout, rewards = self.rollout(batch, seed)
         pairs = self.pair_builder(rewards)
         found = len(pairs)
         if self.trainer.world_size > 1:
@@ -172,7 +207,7 @@ class OnPolicyModule(AlignmentModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip a step without a pair on any process: its gradients (zero, or none) are dropped, so the optimizer
         leaves weights and state as they were."""
-        if self._step_pairs == 0:
+        if self._step_pairs == 0 and not self.iterative:
             for group in optimizer.param_groups:
                 for parameter in group["params"]:
                     parameter.grad = None
@@ -180,20 +215,20 @@ class OnPolicyModule(AlignmentModule):
         self._step_pairs = 0
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._clock = {"start": time.perf_counter()}
+        self.clock = {"start": time.perf_counter()}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Log the micro-batch's time split (generate, score, train: forward, backward and any optimizer step),
         samples per second, and the skipped steps so far."""
-        if "samples" not in self._clock:
+        if "samples" not in self.clock:
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        total = time.perf_counter() - self._clock["start"]
-        split = {name: self._clock[name] for name in ("generate", "score")}
+        total = time.perf_counter() - self.clock["start"]
+        split = {name: self.clock[name] for name in ("generate", "score")}
         split["train"] = total - split["generate"] - split["score"]
         values = {f"time/{name}": torch.tensor([seconds]) for name, seconds in split.items()}
-        values["samples_per_second"] = torch.tensor([self._clock["samples"] / total])
+        values["samples_per_second"] = torch.tensor([self.clock["samples"] / total])
         self._log_online(values, 1)
         self.log("online/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, batch_size=1)
 
@@ -206,6 +241,10 @@ class OnPolicyModule(AlignmentModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["on_policy"] = {"skipped_steps": self.skipped_steps}
+        if self.round is not None:
+            checkpoint["on_policy"]["round"] = self.round.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.skipped_steps = checkpoint.get("on_policy", {}).get("skipped_steps", 0)
+        state = checkpoint.get("on_policy", {})
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.round = SampledRound.from_state_dict(state["round"]) if "round" in state else None

@@ -11,6 +11,7 @@ reads them as pairs, so the module's held-out preference metrics are logged as f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,6 +52,14 @@ class PromptCollator:
             "example_key": torch.tensor([prompt["example_key"] for prompt in prompts], dtype=torch.long),
             "prompt_text": [prompt["prompt_text"] for prompt in prompts],
         }
+
+
+def prompt_length(row: dict[str, Any]) -> int:
+    return len(row["prompt_ids"])
+
+
+def pair_length(row: dict[str, Any]) -> int:
+    return len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
 
 
 def prompt_ids(batch: dict[str, Tensor]) -> list[list[int]]:
@@ -97,16 +106,33 @@ class PromptDataModule(PreferenceDataModule):
         return deduplicated(kept.select_columns(KEPT_COLUMNS), name, self.hparams.drop_duplicates)
 
     def train_dataloader(self) -> DataLoader:
-        """The prompts in :class:`~lit_align.data.sampler.TrainOrder`, left-padded by :class:`PromptCollator`."""
+        """The prompts in :class:`~lit_align.data.sampler.TrainOrder`, left-padded by :class:`PromptCollator`; for
+        an iterative module (``model.iterative``), the epoch's round: the pairs it samples from those prompts, in a
+        training order of their own (:mod:`lit_align.online.rounds`)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if not getattr(module, "iterative", False):
+            self.train_order = self._order(self.train_set, prompt_length, self._order_state)
+            return self._prompt_loader(self.train_order)
+        prompts = self._order(self.train_set, prompt_length, None)
+        prompts.set_epoch(self.trainer.current_epoch)
+        pairs = module.round_pairs(self._prompt_loader(prompts), self.trainer.current_epoch)
+        self.train_order = self._order(pairs, pair_length, self._order_state)
+        return self._loader(pairs, self.hparams.batch_size, sampler=self.train_order)
+
+    def _order(self, rows: Any, length: Callable[[Any], int], state: dict[str, int] | None) -> TrainOrder:
+        """A training order over ``rows`` (grouped by ``length`` with ``group_by_length``) at position ``state``."""
         replicas = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         grouping = {}
         if self.hparams.group_by_length:
-            lengths = [len(ids) for ids in self.train_set["prompt_ids"]]
-            grouping = dict(lengths=lengths, batch_size=self.hparams.batch_size, window=self.hparams.group_by_length)
-        self.train_order = TrainOrder(self.train_set, seed=self.hparams.seed, **replicas, **grouping)
-        if self._order_state is not None:
-            self.train_order.load_state_dict(self._order_state)
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=self.train_order,
+            grouping = dict(lengths=[length(row) for row in rows], batch_size=self.hparams.batch_size,
+                            window=self.hparams.group_by_length)
+        order = TrainOrder(rows, seed=self.hparams.seed, **replicas, **grouping)
+        if state is not None:
+            order.load_state_dict(state)
+        return order
+
+    def _prompt_loader(self, order: TrainOrder) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=order,
                           collate_fn=PromptCollator(self.pad_token_id), num_workers=self.hparams.num_workers)
 
     def predict_dataloader(self) -> list[DataLoader]:
