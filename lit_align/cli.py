@@ -33,6 +33,9 @@ class AlignmentCLI(LightningCLI):
     """``lit-align fit --config configs/quickstart.yaml``; ``lit-align precompute --config ...`` fills the
     offline reference store named by ``model.reference``."""
 
+    model_path_key: str | None = "model.policy.path"
+    """The config key of the model path an unset data tokenizer defaults to (``None``: no default)."""
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "precompute": {"model", "datamodule"}}
@@ -68,9 +71,9 @@ class AlignmentCLI(LightningCLI):
         come from ``path`` (a ``source`` may bring its own): the model path is given once."""
         config = self.config.get(self.subcommand) or self.config
         init_args = config.get("data.init_args")
-        if init_args is not None and "tokenizer" in init_args and init_args.tokenizer is None \
+        if self.model_path_key and init_args is not None and "tokenizer" in init_args and init_args.tokenizer is None \
                 and init_args.get("source") is None:
-            init_args.tokenizer = config.get("model.policy.path")
+            init_args.tokenizer = config.get(self.model_path_key)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is not None and ckpt_path not in _CKPT_ALIASES and "://" not in ckpt_path:
             config["ckpt_path"] = local_path("ckpt_path", ckpt_path)
@@ -87,6 +90,25 @@ class AlignmentCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_store
 
 
+class MethodCLI(AlignmentCLI):
+    """:class:`AlignmentCLI` for the other methods' modules, named by ``model.class_path`` (``subclass_mode_model``),
+    without ``precompute`` (no offline reference to store): the thinker's, the on-policy module's and the reward
+    model's command lines. ``model_path`` names the model argument whose path an unset data tokenizer defaults to
+    (``policy.path``; none for the thinker, whose data module has its own)."""
+
+    def __init__(self, model_class: type, datamodule_class: type, model_path: str | None = None,
+                 args: list[str] | None = None) -> None:
+        self.model_path_key = f"model.init_args.{model_path}" if model_path else None
+        super().__init__(model_class, datamodule_class, trainer_class=AlignmentTrainer, subclass_mode_model=True,
+                         subclass_mode_data=True,
+                         auto_configure_optimizers=False,  # the module's own optimizer (and schedule) arguments
+                         save_config_kwargs={"overwrite": True}, parser_kwargs={"epilog": DEBUG_EPILOG}, args=args)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return LightningCLI.subcommands()
+
+
 def _keys(parser: LightningArgumentParser) -> list[str]:
     """Every dotted key ``parser`` knows (the nested keys of its defaults, and each group's own)."""
     return [*parser.get_defaults().keys(), *(name for name in parser.groups if name)]
@@ -95,8 +117,9 @@ def _keys(parser: LightningArgumentParser) -> list[str]:
 def main(args: list[str] | None = None) -> None:
     """The ``lit-align`` console script, with one-line errors (:func:`~lit_align.errors.run_entry`). A ``--config``
     whose ``model.class_path`` names :class:`~lit_align.thinker.LatentThoughtModule` runs with that module's CLI
-    (:mod:`lit_align.thinker.cli`), one naming :class:`~lit_align.online.on_policy.OnPolicyModule` with the on-policy
-    CLI (:mod:`lit_align.online.on_policy_cli`), so every method runs as ``lit-align fit --config configs/x.yaml``."""
+    (:mod:`lit_align.thinker.cli`), one naming :class:`~lit_align.online.on_policy.OnPolicyModule` or
+    :class:`~lit_align.online.RewardModel` with :class:`MethodCLI` for that module, so every method runs as
+    ``lit-align fit --config configs/x.yaml``."""
     run_entry(_run, args)
 
 
@@ -113,9 +136,13 @@ def _run(args: list[str] | None) -> None:
 
         run_thinker(args)
     elif _names_model(given, ON_POLICY_MODELS):
-        from lit_align.online.on_policy_cli import run_on_policy
+        from lit_align.online.on_policy import OnPolicyModule
 
-        run_on_policy(args)
+        MethodCLI(OnPolicyModule, PreferenceDataModule, model_path="policy.path", args=args)
+    elif _names_model(given, REWARD_MODELS):
+        from lit_align.online.reward_model import RewardModel
+
+        MethodCLI(RewardModel, PreferenceDataModule, model_path="classifier.path", args=args)
     else:
         AlignmentCLI(
             AlignmentModule,
@@ -133,8 +160,10 @@ THOUGHT_MODELS = frozenset({"lit_align.thinker.LatentThoughtModule", "lit_align.
 """The ``model.class_path`` values that route ``lit-align`` to the thinker's CLI (a subclass of
 ``LatentThoughtModule`` runs through ``lit-align-thinker``, whose parser checks it is one)."""
 ON_POLICY_MODELS = frozenset({"lit_align.online.OnPolicyModule", "lit_align.online.on_policy.OnPolicyModule"})
-"""The ``model.class_path`` values that route ``lit-align`` to the on-policy CLI
-(:mod:`lit_align.online.on_policy_cli`)."""
+"""The ``model.class_path`` values that route ``lit-align`` to :class:`MethodCLI` with the on-policy module (its
+data module: a ``PromptDataModule``, by ``data.class_path``)."""
+REWARD_MODELS = frozenset({"lit_align.online.RewardModel", "lit_align.online.reward_model.RewardModel"})
+"""The ``model.class_path`` values that route ``lit-align`` to :class:`MethodCLI` with the reward model."""
 
 
 def _names_model(args: list[str], class_paths: frozenset[str]) -> bool:

@@ -161,7 +161,7 @@ def test_the_documented_command_trains_and_saves(tmp_path, model_dir, tokenizer_
     config.write_text(doc_config())
     save_dir = tmp_path / "hf_model"
     result = subprocess.run(
-        [sys.executable, "-m", "lit_align.online.reward_cli", "fit", "--config", str(config),
+        [sys.executable, "-m", "lit_align", "fit", "--config", str(config),
          f"--model.classifier.path={model_dir}", f"--data.path={explicit_file}", f"--data.tokenizer={tokenizer_dir}",
          f"--model.save_dir={save_dir}", f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.max_steps=2",
          "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--trainer.accumulate_grad_batches=1",

@@ -71,12 +71,14 @@ def focus_gradient(module: LatentThoughtModule, batch) -> tuple[float, float]:
 
 
 def test_authors_block_mode_gives_a_constant_focus_loss_without_gradient(task_dir):
-    """Defect (2): the anchor and every step end hold the same token and the block sees no positions."""
+    """Defect (2): the anchor and every step end hold the same token and the block sees no positions: the gradient
+    is float32 round-off (seen up to 1.6e-6, depending on the initial weights), the positional one's above 1e-4."""
     batch = next(iter(data(task_dir).train_dataloader()))
+    torch.manual_seed(0)
     module = thinker(task_dir, generator=BlockPrior(positional=False), loss=ThoughtLoss(sft=0, focus=1, align=0))
     value, gradient = focus_gradient(module, batch)
     assert value == pytest.approx(math.log(TINY_TASK.steps), abs=1e-5)
-    assert gradient < 1e-6
+    assert gradient < 1e-5
 
 
 def test_leak_free_positional_focus_has_a_gradient(task_dir):
