@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
+import torch
 
 from tools.frontier.claims import Frontier, RunSummary
 from tools.frontier.seeds import (
@@ -111,6 +112,27 @@ def test_reward_above_dpo_frontier_hand_worked():
     assert frontier.gap(evaluation(3.0, 0.9, 0.01)) is None  # beyond DPO's measured KL
     tdpo2 = RunSummary("tdpo2", "TDPO2", 0.3, history=[evaluation(1.5, 0.8, 0.01)], margins=[0.2, -0.1])
     assert run_scalars(tdpo2, frontier)["reward_above_dpo"] == pytest.approx(0.05)
+    assert run_scalars(tdpo2, frontier)["ece_likelihood_no_eos"] is None  # a run from before the authors' reading
+
+
+def test_the_likelihood_ece_with_and_without_the_end_token():
+    """Both readings of the f-DPO paper's likelihood ECE are computed from their own mean log-probs (here, with the
+    end token every chosen response is the likelier one, without it two of four are: ECE 0.485 and 0.278)."""
+    from lit_align.eval import LikelihoodCalibrationError
+
+    def ece(chosen: list[float], rejected: list[float]) -> float:
+        metric = LikelihoodCalibrationError()
+        metric.update(torch.tensor(chosen), torch.tensor(rejected))
+        return float(metric.compute())
+
+    with_end, without = ([-0.6, -0.7, -0.5, -0.9], [-1.0] * 4), ([-1.2, -0.4, -1.5, -0.3], [-1.0] * 4)
+    summary = RunSummary("js", "JS", 0.3, history=[evaluation(1.0, 0.7, 0.01)], margins=[0.1] * 4,
+                         chosen_mean_logps=with_end[0], rejected_mean_logps=with_end[1],
+                         chosen_mean_logps_no_eos=without[0], rejected_mean_logps_no_eos=without[1])
+    scalars = run_scalars(summary, Frontier.of([]))
+    assert scalars["ece_likelihood"] == pytest.approx(ece(*with_end))
+    assert scalars["ece_likelihood_no_eos"] == pytest.approx(ece(*without))
+    assert (scalars["ece_likelihood"], scalars["ece_likelihood_no_eos"]) == pytest.approx((0.4854, 0.2783), abs=1e-4)
 
 
 def test_reward_above_frontier_over_seeds():

@@ -47,6 +47,9 @@ class RunSummary:
     chosen_mean_logps: list[float] | None = None
     """The policy's mean token log-prob of each held-out chosen response (for the likelihood ECE)."""
     rejected_mean_logps: list[float] | None = None
+    chosen_mean_logps_no_eos: list[float] | None = None
+    """The same without each response's final end token (the f-DPO authors' reading, ``exclude_eos``)."""
+    rejected_mean_logps_no_eos: list[float] | None = None
 
     @property
     def final(self) -> dict[str, float]:

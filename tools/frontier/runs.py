@@ -67,6 +67,7 @@ def run_controlled(spec: RunSpec, run_dir: Path) -> dict:
     start = time.perf_counter()
     _trainer(run_dir, spec.run.max_epochs, [callback]).fit(module, data)
     stats = pair_statistics(module, data.val_dataloader())
+    authors = pair_statistics(module, data.val_dataloader(), exclude_eos=True)  # their reading of the likelihood
     return {
         "name": spec.name,
         "label": LABELS[spec.name],
@@ -79,6 +80,8 @@ def run_controlled(spec: RunSpec, run_dir: Path) -> dict:
         "seed": spec.run.seed,
         "chosen_mean_logps": stats.chosen_mean_logps.tolist(),
         "rejected_mean_logps": stats.rejected_mean_logps.tolist(),
+        "chosen_mean_logps_no_eos": authors.chosen_mean_logps.tolist(),
+        "rejected_mean_logps_no_eos": authors.rejected_mean_logps.tolist(),
     }
 
 

@@ -25,7 +25,7 @@ from tools.frontier.claims import Frontier, RunSummary
 
 Outcome = Literal["holds", "not shown", "reversed", "not testable here", "not measured"]
 METRICS = ("reward", "entropy", "distinct_2", "kl_reverse", "accuracy", "seq_kl_gap", "ece_margin", "ece_likelihood",
-           "reward_above_dpo")
+           "ece_likelihood_no_eos", "reward_above_dpo")
 """Per-run scalars: end-of-training reward, entropy/token, distinct-2 and KL(π‖π_ref); held-out accuracy;
 ``seq_kl_gap`` = mean SeqKL(rejected) − mean SeqKL(chosen); the two calibration errors; ``reward_above_dpo`` = the
 end reward minus DPO's reward-vs-KL frontier (all DPO runs, every seed, β and checkpoint) at the run's KL."""
@@ -185,6 +185,8 @@ def verdicts(runs: Sequence[dict]) -> list[Verdict]:
         check_kl_balance(table),
         check_ece_changes(table, "ece_margin", "reward-margin ECE (lit-align's PreferenceCalibrationError)"),
         check_ece_changes(table, "ece_likelihood", "the f-DPO paper's likelihood ECE (LikelihoodCalibrationError)"),
+        check_ece_changes(table, "ece_likelihood_no_eos", "the f-DPO paper's likelihood ECE without the end token "
+                          "(the authors' reading, exclude_eos)"),
     ]
 
 
@@ -199,11 +201,17 @@ def run_scalars(run: RunSummary, dpo: Frontier) -> dict:
         seq_kl_gap = statistics.fmean(run.rejected_seq_kl) - statistics.fmean(run.chosen_seq_kl)
     if run.chosen_mean_logps is not None:
         likelihood_ece.update(torch.tensor(run.chosen_mean_logps), torch.tensor(run.rejected_mean_logps))
+    authors_ece = None
+    if run.chosen_mean_logps_no_eos is not None:
+        authors = LikelihoodCalibrationError()
+        authors.update(torch.tensor(run.chosen_mean_logps_no_eos), torch.tensor(run.rejected_mean_logps_no_eos))
+        authors_ece = float(authors.compute())
     return {
         "name": run.name, "label": run.label, "beta": run.beta, "seed": run.seed, "reward": f["reward"],
         "entropy": f["entropy"], "distinct_2": f["distinct_2"], "kl_reverse": f["kl_reverse"],
         "accuracy": run.accuracy, "seq_kl_gap": seq_kl_gap, "ece_margin": float(margin_ece.compute()),
         "ece_likelihood": float(likelihood_ece.compute()) if run.chosen_mean_logps is not None else None,
+        "ece_likelihood_no_eos": authors_ece,
         "reward_above_dpo": gap[1] if gap is not None else None,
     }
 
