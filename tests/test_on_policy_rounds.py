@@ -112,6 +112,11 @@ def test_a_round_survives_its_checkpoint_state():
     assert SampledRound.from_state_dict(state) == SampledRound(3, pairs)
 
 
-def test_rounds_need_the_per_epoch_reload(tmp_path, model_dir, tokenizer_dir, prompts_file):
+def test_rounds_need_the_per_epoch_reload_and_a_pair(tmp_path, model_dir, tokenizer_dir, prompts_file):
+    """Without the per-epoch reload, a refusal naming the setting; a reward that ties every response, a one-line
+    error (lit-align's own ValueError) instead of an epoch with nothing to train on."""
     with pytest.raises(ConfigError, match=r"^trainer.reload_dataloaders_every_n_epochs=0: 1 with model.iterative"):
         make_trainer(tmp_path, 2).fit(iterative(model_dir), prompt_data(prompts_file, tokenizer_dir))
+    ties = iterative(model_dir, reward_fn=lambda prompts, responses: torch.zeros(len(responses)))
+    with pytest.raises(ValueError, match=r"^round 0 made no pair from 96 samples: every prompt's responses tie"):
+        fit(tmp_path, ties, prompt_data(prompts_file, tokenizer_dir), 1)

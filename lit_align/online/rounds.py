@@ -87,10 +87,10 @@ def sample_round(module: OnPolicyModule, prompts: Iterable[dict[str, Any]], inde
     shares = gathered(module, (pairs, rewards, gaps, ended, lengths))
     pairs, rewards, gaps, ended, lengths = ([x for share in shares for x in share[i]] for i in range(5))
     if not pairs:
-        raise RuntimeError(f"round {index} made no pair from {len(rewards)} samples: every prompt's responses tie "
-                           "(or lie within the pair margin); nothing to train on")
+        raise ValueError(f"round {index} made no pair from {len(rewards)} samples: every prompt's responses tie "
+                         "(or lie within the pair margin); nothing to train on")
     values = {"round": float(index), "pairs": float(len(pairs)), "samples": float(len(rewards)),
-              "reward": statistics.fmean(rewards), "pair_gap": statistics.fmean(gaps) if gaps else 0.0,
+              "reward": statistics.fmean(rewards), "pair_gap": statistics.fmean(gaps),
               "ended": statistics.fmean(ended), "response_tokens": statistics.fmean(lengths),
               "time/generate": clock[0], "time/score": clock[1], "time/round": seconds,
               "samples_per_second": len(rewards) / seconds}
