@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_align.errors import ConfigError
 from lit_align.objectives import FDPO
+from lit_align.online.prompts import pair_lengths, prompt_lengths
 from lit_align.online.rounds import SampledRound, sample_round
 from tests.conftest import write_jsonl
 from tests.test_module import make_trainer
@@ -73,7 +74,7 @@ def test_rounds_train_on_pairs_sampled_at_each_rounds_start(tmp_path, model_dir,
     assert mean_reward(policy.policy, tokenizer) > before + 0.04
     final = policy.round
     policy.policy.load_state_dict(steps.starts[2])  # the weights round 2 was sampled from
-    prompts = data._prompt_loader(data._order(data.train_set, len, None))
+    prompts = data._prompt_loader(data._order(data.train_set, prompt_lengths, None))
     prompts.sampler.set_epoch(2)
     again = sample_round(policy, prompts, 2)
     assert again.pairs == final.pairs and len(final.pairs) == 24
@@ -120,3 +121,15 @@ def test_rounds_need_the_per_epoch_reload_and_a_pair(tmp_path, model_dir, tokeni
     ties = iterative(model_dir, reward_fn=lambda prompts, responses: torch.zeros(len(responses)))
     with pytest.raises(ValueError, match=r"^round 0 made no pair from 96 samples: every prompt's responses tie"):
         fit(tmp_path, ties, prompt_data(prompts_file, tokenizer_dir), 1)
+
+
+def test_rounds_group_their_pairs_by_length(tmp_path, model_dir, tokenizer_dir, prompts_file):
+    """With ``group_by_length`` the round's pairs are ordered by their padded length in windows, the prompts by
+    theirs: one round still trains on each of its pairs once."""
+    steps = RoundSteps()
+    data = prompt_data(prompts_file, tokenizer_dir, group_by_length=2)
+    policy = iterative(model_dir)
+    fit(tmp_path, policy, data, 1, [steps])
+    assert sorted(key for keys in steps.keys for key in keys) == sorted(p["example_key"] for p in policy.round.pairs)
+    assert data.train_order.lengths == pair_lengths(policy.round.pairs)
+    assert prompt_lengths(data.train_set) == [len(ids) for ids in data.train_set["prompt_ids"]]

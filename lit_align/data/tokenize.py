@@ -99,6 +99,11 @@ def _shared_run(a: list[int], b: list[int]) -> int:
     return shared
 
 
+def batch_rows(batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """A batched ``datasets.map`` batch (columns of values) as its rows."""
+    return [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+
+
 class PairTokenizer:
     """A batched ``datasets.map`` function: raw rows -> tokenised pairs plus ``status``, ``notes`` and ``layout``.
 
@@ -124,7 +129,7 @@ class PairTokenizer:
         self.chat = ChatRenderer(tokenizer, system_prompt)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        rows = batch_rows(batch)
         layouts = [detect_layout(row) if self.row_format == "auto" else self.row_format for row in rows]
         plans = [self._texts(row, layout) for row, layout in zip(rows, layouts, strict=True)]
         columns: dict[str, list[Any]] = {key: [] for key in COLUMNS}

@@ -22,7 +22,7 @@ from typing import Any
 
 from lit_align.data.chat import ChatRenderer
 from lit_align.data.layouts import HH_ASSISTANT, HH_HUMAN, BadRow, Layout, Messages, detect_layout, messages_field
-from lit_align.data.tokenize import OK, LengthSettings, cut_inside_frame, example_key
+from lit_align.data.tokenize import OK, LengthSettings, batch_rows, cut_inside_frame, example_key
 
 PROMPT_COLUMNS = ("prompt_ids", "prompt_text", "example_key", "status", "notes", "layout")
 KEPT_COLUMNS = ["prompt_ids", "prompt_text", "example_key"]
@@ -79,7 +79,7 @@ class PromptTokenizer:
         self.chat = ChatRenderer(tokenizer, system_prompt)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        rows = batch_rows(batch)
         columns: dict[str, list[Any]] = {key: [] for key in PROMPT_COLUMNS}
         for row in rows:
             layout = prompt_layout(row, self.row_format)

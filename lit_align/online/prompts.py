@@ -54,12 +54,14 @@ class PromptCollator:
         }
 
 
-def prompt_length(row: dict[str, Any]) -> int:
-    return len(row["prompt_ids"])
+def prompt_lengths(prompts: Dataset) -> list[int]:
+    """Each prompt's length, read as one column."""
+    return [len(ids) for ids in prompts["prompt_ids"]]
 
 
-def pair_length(row: dict[str, Any]) -> int:
-    return len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+def pair_lengths(pairs: list[dict[str, Any]]) -> list[int]:
+    """Each round pair's padded length: its prompt plus the longer of its two responses."""
+    return [len(pair["prompt_ids"]) + max(len(pair["chosen_ids"]), len(pair["rejected_ids"])) for pair in pairs]
 
 
 def prompt_ids(batch: dict[str, Tensor]) -> list[list[int]]:
@@ -111,20 +113,21 @@ class PromptDataModule(PreferenceDataModule):
         training order of their own (:mod:`lit_align.online.rounds`)."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         if not getattr(module, "iterative", False):
-            self.train_order = self._order(self.train_set, prompt_length, self._order_state)
+            self.train_order = self._order(self.train_set, prompt_lengths, self._order_state)
             return self._prompt_loader(self.train_order)
-        prompts = self._order(self.train_set, prompt_length, None)
+        prompts = self._order(self.train_set, prompt_lengths, None)
         prompts.set_epoch(self.trainer.current_epoch)
         pairs = module.round_pairs(self._prompt_loader(prompts), self.trainer.current_epoch)
-        self.train_order = self._order(pairs, pair_length, self._order_state)
+        self.train_order = self._order(pairs, pair_lengths, self._order_state)
         return self._loader(pairs, self.hparams.batch_size, sampler=self.train_order)
 
-    def _order(self, rows: Any, length: Callable[[Any], int], state: dict[str, int] | None) -> TrainOrder:
-        """A training order over ``rows`` (grouped by ``length`` with ``group_by_length``) at position ``state``."""
+    def _order(self, rows: Any, lengths: Callable[[Any], list[int]], state: dict[str, int] | None) -> TrainOrder:
+        """A training order over ``rows`` (grouped by their ``lengths(rows)`` with ``group_by_length``) at position
+        ``state``."""
         replicas = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         grouping = {}
         if self.hparams.group_by_length:
-            grouping = dict(lengths=[length(row) for row in rows], batch_size=self.hparams.batch_size,
+            grouping = dict(lengths=lengths(rows), batch_size=self.hparams.batch_size,
                             window=self.hparams.group_by_length)
         order = TrainOrder(rows, seed=self.hparams.seed, **replicas, **grouping)
         if state is not None:

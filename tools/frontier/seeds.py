@@ -190,28 +190,30 @@ def verdicts(runs: Sequence[dict]) -> list[Verdict]:
     ]
 
 
+def likelihood_ece(chosen_mean_logps: list[float] | None, rejected_mean_logps: list[float] | None) -> float | None:
+    """The f-DPO paper's likelihood ECE of a run's held-out mean log-probs (``None`` for a run that lacks them)."""
+    if chosen_mean_logps is None:
+        return None
+    metric = LikelihoodCalibrationError()
+    metric.update(torch.tensor(chosen_mean_logps), torch.tensor(rejected_mean_logps))
+    return float(metric.compute())
+
+
 def run_scalars(run: RunSummary, dpo: Frontier) -> dict:
     """The per-run numbers :func:`verdicts` judges over seeds, from one run of the sweep and DPO's frontier."""
     f = run.final
     gap = dpo.gap(f)
-    margin_ece, likelihood_ece = PreferenceCalibrationError(), LikelihoodCalibrationError()
+    margin_ece = PreferenceCalibrationError()
     margin_ece.update(torch.tensor(run.margins))
     seq_kl_gap = None
     if run.chosen_seq_kl:
         seq_kl_gap = statistics.fmean(run.rejected_seq_kl) - statistics.fmean(run.chosen_seq_kl)
-    if run.chosen_mean_logps is not None:
-        likelihood_ece.update(torch.tensor(run.chosen_mean_logps), torch.tensor(run.rejected_mean_logps))
-    authors_ece = None
-    if run.chosen_mean_logps_no_eos is not None:
-        authors = LikelihoodCalibrationError()
-        authors.update(torch.tensor(run.chosen_mean_logps_no_eos), torch.tensor(run.rejected_mean_logps_no_eos))
-        authors_ece = float(authors.compute())
     return {
         "name": run.name, "label": run.label, "beta": run.beta, "seed": run.seed, "reward": f["reward"],
         "entropy": f["entropy"], "distinct_2": f["distinct_2"], "kl_reverse": f["kl_reverse"],
         "accuracy": run.accuracy, "seq_kl_gap": seq_kl_gap, "ece_margin": float(margin_ece.compute()),
-        "ece_likelihood": float(likelihood_ece.compute()) if run.chosen_mean_logps is not None else None,
-        "ece_likelihood_no_eos": authors_ece,
+        "ece_likelihood": likelihood_ece(run.chosen_mean_logps, run.rejected_mean_logps),
+        "ece_likelihood_no_eos": likelihood_ece(run.chosen_mean_logps_no_eos, run.rejected_mean_logps_no_eos),
         "reward_above_dpo": gap[1] if gap is not None else None,
     }
 
