@@ -215,7 +215,8 @@ class AlignmentModule(L.LightningModule):
         """``batch`` in the layout this run uses: packed where policy and reference take it, else padded."""
         if "packed" not in batch:
             return batch
-        return packed_view(batch) if "input_ids" not in batch or self._runs_packed() else padded_view(batch)
+        packed = "input_ids" not in batch or self._runs_packed()
+        return packed_view(batch, self.policy) if packed else padded_view(batch)
 
     def _runs_packed(self) -> bool:
         key = id(self.reference)  # precompute swaps the store for its source

@@ -23,7 +23,8 @@ NO_TRL = "trl is not installed: pip install -e '.[bench]' to benchmark against T
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "summary.json"
-    arms = ["plain", "plain-packed", "lit-align", "lit-align-padded", "lit-align-bf16"] + (["trl"] if HAS_TRL else [])
+    arms = ["plain", "plain-packed", "lit-align", "lit-align-padded", "lit-align-bf16", "lit-align-dense"]
+    arms += ["trl"] if HAS_TRL else []
     done = subprocess.run(
         [sys.executable, "-m", "tools.bench", "--quick", "--data", str(HH_FILE), "--out", str(out), "--arms", *arms,
          "--row-tokens", "128"],
@@ -80,17 +81,27 @@ def test_trl_trains_the_same_batches_to_the_same_numbers(quick):
 
 
 def test_row_size_arm_trains_the_same_numbers_in_more_rows(quick):
-    """``--row-tokens 128`` adds ``lit-align-rows128``: the same batches, shared out between more, shorter rows
-    (more row-end padding, fewer attention scores), to the same numbers; the row-size table compares it with the
-    default arm."""
+    """``--row-tokens 128`` adds ``lit-align-rows128``: attention over whole rows (``lit-align-dense``) on the same
+    batches, shared out between more, shorter rows (more row-end padding, fewer attention scores), to the same
+    numbers; the row-size table compares it with the dense arm at the default row size."""
     summary, stdout = quick
-    rows, lit = summary["lit-align-rows128"], summary["lit-align"]
-    assert rows["hashes"] == lit["hashes"]
-    for ours, theirs in zip(rows["first"], lit["first"], strict=True):  # rewards: β × log-probs of ~300, fp32
+    rows, dense = summary["lit-align-rows128"], summary["lit-align-dense"]
+    assert rows["hashes"] == dense["hashes"]
+    for ours, theirs in zip(rows["first"], dense["first"], strict=True):  # rewards: β × log-probs of ~300, fp32
         assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-5)
-    assert rows["positions_per_token"] > lit["positions_per_token"]
-    assert rows["cells_per_token"] < lit["cells_per_token"]
+    assert rows["positions_per_token"] > dense["positions_per_token"]
+    assert rows["cells_per_token"] < dense["cells_per_token"]
     assert "| 128 | lit-align-rows128 |" in stdout
+
+
+def test_dense_arm_trains_the_same_numbers_over_whole_rows(quick):
+    """``lit-align-dense``: lit-align before attention by pair (SDPA over each packed row and its 4D mask), the same
+    numbers at more attention scores computed."""
+    summary, _ = quick
+    dense, lit = summary["lit-align-dense"], summary["lit-align"]
+    for ours, theirs in zip(dense["first"], lit["first"], strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-5)
+    assert dense["cells_per_token"] > lit["cells_per_token"]
 
 
 def test_bf16_arm_follows_fp32_to_bf16_rounding(quick):

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = {"dpo", "dpo-flex", "dpo-padded", "dpo-fp32", "tdpo2", "fpo-store", "lora-dpo", "qlora-dpo", "trl-dpo",
-        "trl-fp32"}
+ARMS = {"dpo", "dpo-dense", "dpo-flex", "dpo-padded", "dpo-fp32", "tdpo2", "fpo-store", "lora-dpo", "qlora-dpo",
+        "trl-dpo", "trl-fp32"}
 SKIPPED_ON_CPU = {"dpo-flex": "FlexAttention runs on CUDA only"}  # no FlexAttention backward on CPU
 
 

@@ -14,6 +14,7 @@ from torch.nn.attention.flex_attention import create_block_mask, create_mask, fl
 from lit_align.data.collator import PairCollator
 from lit_align.data.packing import pack_pairs
 from lit_align.models.layout import attention_backend, packing_obstacle, pair_mask, pair_rule
+from lit_align.models.pair_attention import BY_PAIR
 from lit_align.models.policy import LoraSettings, PolicySpec, build_policy
 from lit_align.module import AlignmentModule
 from lit_align.objectives import DPO, FDPO, FPO, SFT, TDPO, Mixture, PairwiseObjective, SimPO
@@ -119,7 +120,8 @@ def _assert_same_inputs(packed, padded) -> None:
 
 
 CASES = [(family, lora, None) for family in FAMILIES for lora in (False, True)] + [("mistral", False, "eager")]
-"""Each family with and without LoRA on its default backend (SDPA; eager for Gemma-2), and Mistral on eager."""
+"""Each family with and without LoRA on its default backend (SDPA, which the packed layout runs by pair; eager for
+Gemma-2), and Mistral on eager."""
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
@@ -141,7 +143,9 @@ def test_per_pair_results_equal_the_padded_layout(tmp_path, family, lora, backen
     assert isinstance(module.reference, DisabledAdapter if lora else FrozenCopy)
     perturb(module)
     batch = PairCollator(pad_token_id=0, row_tokens=24 if lora else None)(PAIRS)  # 3 rows or 1
-    packed, padded = _inputs(module, batch, packing=True), _inputs(module, batch, packing=False)
+    packed = _inputs(module, batch, packing=True)
+    assert attention_backend(module.policy.config) == (backend or ("eager" if family == "gemma2" else BY_PAIR))
+    padded = _inputs(module, batch, packing=False)
     _assert_same_inputs(packed, padded)
     for objective in objectives(sae):  # relative: squared shapes (IPO, SPPO) reach losses of ~50 in fp32
         expected, got = objective(padded), objective(packed)
@@ -150,12 +154,13 @@ def test_per_pair_results_equal_the_padded_layout(tmp_path, family, lora, backen
                                        msg=lambda text, o=objective, f=field: f"{o!r} {f}: {text}")
 
 
-def test_gradients_and_precompute_equal_the_padded_layout(tmp_path):
+@pytest.mark.parametrize("family", ["gemma2", "llama"])  # eager attention on one row; SDPA by pair on three
+def test_gradients_and_precompute_equal_the_padded_layout(tmp_path, family):
     sae = write_sae(tmp_path / "sae")
-    spec = PolicySpec(config=dict(model_type="gemma2", **TINY, **FAMILIES["gemma2"]))
+    spec = PolicySpec(config=dict(model_type=family, **TINY, **FAMILIES[family]))
     module = built(AlignmentModule(FPO(sae, top_k=TOP_K), spec))
     perturb(module)
-    batch = PairCollator(pad_token_id=0)(PAIRS)
+    batch = PairCollator(pad_token_id=0, row_tokens=None if family == "gemma2" else 24)(PAIRS)
     gradients = []
     for packing in (True, False):
         module.policy.zero_grad()

@@ -14,10 +14,13 @@ from the end of the previous one to its own end (data loading, logging and optim
 
 - ``plain``: ``model.model(...)`` hidden states, response positions through the LM head, ``gather - logsumexp``,
   reference forward under ``no_grad``, the DPO loss, ``AdamW``; nothing else.
-- ``plain-packed``: the same loop on lit-align's own packed rows (``pack_pairs`` at the data module's default
-  ``pack_row_tokens``: each pair once as ``[prompt | chosen | rejected]``, rejected tokens blind to the chosen, the
-  pairs blind to each other), its mask written out here, the response states gathered at the rows' response grid:
-  the floor of lit-align's default layout, against which the ``lit-align`` arm is measured.
+- ``plain-packed``: the same loop on lit-align's own packed rows (``pack_pairs``: each pair once as
+  ``[prompt | chosen | rejected]``, rejected tokens blind to the chosen, the pairs blind to each other), joined into
+  one row and attended by pair as lit-align does on SDPA (``one_row``, ``lit_align.models.pair_attention``: one SDPA
+  call per pair with its own mask, written out here), the response states gathered at the row's response grid: the
+  floor of lit-align's default layout, against which the ``lit-align`` arm is measured. ``plain-packed-dense`` and
+  ``lit-align-dense``: the same before attention by pair, SDPA over each packed row of the data module's default
+  ``pack_row_tokens`` with the row's whole mask (the blocks between pairs computed, then masked out).
 - ``lit-align``: ``AlignmentModule(DPO)`` + ``PreferenceDataModule`` + ``AlignmentTrainer``, with what a user
   gets by default (prompt-shared, padding-free pairs; TensorBoard logger, progress bar, non-finite step guard);
   checkpointing off. ``lit-align-padded``: the same in the padded layout (``AlignmentModule(packing=False)``),
@@ -27,12 +30,15 @@ from the end of the previous one to its own end (data loading, logging and optim
 - ``lit-align-grouped`` (``-padded``): the same with length-grouped batches
   (``PreferenceDataModule(group_by_length=...)``), and ``plain-packed-grouped`` / ``plain-grouped``, the floors
   (packed / padded) on those same batches.
-- ``lit-align-rowsN`` (added by ``--row-tokens N ...``): ``lit-align`` with ``pack_row_tokens=N``. Attention runs
-  over a packed row's whole length (the masked scores between pairs are computed too), so the row size trades
-  attention (``attention/token``: rows times their length squared, per counted token) against the rows' end
-  padding (``positions/token``).
+- ``lit-align-rowsN`` (added by ``--row-tokens N ...``; ``0``: one row): ``lit-align-dense`` with
+  ``pack_row_tokens=N``. Where attention runs over a packed row's whole length (eager, compiled layers) the row size
+  trades attention (``attention/token``: rows times their length squared, per counted token; by pair, each pair's
+  length squared) against the rows' end padding (``positions/token``); by pair the rows are joined into one, so
+  their size does not matter there.
 - ``lit-align-bf16``: ``lit-align`` with ``trainer.precision: bf16-mixed`` (bf16 autocast over fp32 weights);
-  ``trl-bf16``: TRL matched with ``bf16=True`` (the same autocast); both compared with their fp32 arm's first
+  ``lit-align-bf16-master``: bf16 weights with fp32 master weights (``ModelParallelStrategy`` on one process with
+  ``FSDPMixedPrecision``: each unit gathered and computed in bf16, the optimizer on the fp32 shards);
+  ``trl-bf16``: TRL matched with ``bf16=True`` (the same autocast); each compared with its fp32 arm's first
   steps, as is ``trl-defaults``.
 
 Every arm counts the same tokens: each pair's prompt + chosen and prompt + rejected, padding excluded (a packed
@@ -51,13 +57,16 @@ tokens.
 - ``trl-defaults``: ``DPOTrainer`` as a user meets it (bf16 autocast, gradient checkpointing, fused AdamW,
   clipping at 1.0, linear schedule); only batch size, max length, steps and the data order are set.
 
-Shared everywhere: fp32 weights, AdamW(lr, betas (0.9, 0.999), eps 1e-8, weight decay 0), β = 0.1, dropout off.
+The model: ``--size 16m`` (the default: 6 layers, hidden 384, 15.7M parameters) or ``125m`` (12 layers, hidden 768,
+vocab 32000, 124.7M). Shared everywhere: fp32 weights, AdamW(lr, betas (0.9, 0.999), eps 1e-8, weight decay 0),
+β = 0.1, dropout off.
 Run::
 
     python -m tools.bench                       # the full benchmark (about 30 minutes on 2 cores)
     python -m tools.bench --quick               # a smoke test: tiny model, 2 steps, 1 thread, plain + lit-align + trl
     python -m tools.bench --arms plain-packed lit-align lit-align-previous trl trl-unfused --rounds 2
-    python -m tools.bench --arms lit-align --row-tokens 256 384 1024 --rounds 2   # the packed rows' size
+    python -m tools.bench --arms lit-align-dense --row-tokens 256 384 1024 --rounds 2   # rows' size, dense attention
+    python -m tools.bench --size 125m --arms plain-packed lit-align trl --rounds 2 --steps 4 --warmup 2
 
 TRL is an optional extra (``pip install -e ".[bench]"``); without it the TRL arms are skipped, saying so.
 """
@@ -86,11 +95,13 @@ HH_FILE = ROOT / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 ARMS = ("plain", "plain-packed", "lit-align", "lit-align-padded", "trl", "trl-defaults", "lit-align-offline",
         "lit-align-offline-padded", "lit-align-grouped", "lit-align-grouped-padded", "plain-grouped",
         "plain-packed-grouped", "lit-align-unfused", "lit-align-per-tensor-guard", "lit-align-previous",
-        "trl-unfused", "lit-align-bf16", "trl-bf16")
+        "trl-unfused", "lit-align-bf16", "lit-align-bf16-master", "trl-bf16", "plain-packed-dense",
+        "lit-align-dense")
 ROWS_ARM = "lit-align-rows"
-"""Prefix of the row-size arms ``--row-tokens`` adds: ``lit-align-rows384`` is ``lit-align`` at
-``pack_row_tokens=384``."""
-BF16_PAIRS = {"lit-align-bf16": "lit-align", "trl-bf16": "trl", "trl-defaults": "trl"}
+"""Prefix of the row-size arms ``--row-tokens`` adds: ``lit-align-rows384`` is ``lit-align-dense`` at
+``pack_row_tokens=384`` (``lit-align-rows0``: every pair of a batch in one row)."""
+BF16_PAIRS = {"lit-align-bf16": "lit-align", "lit-align-bf16-master": "lit-align", "trl-bf16": "trl",
+              "trl-defaults": "trl"}
 """Each bf16 arm and the fp32 arm whose first steps it is compared with."""
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
 TRL_SETTINGS = ("bf16", "gradient_checkpointing", "optim", "max_grad_norm", "lr_scheduler_type", "learning_rate",
@@ -102,13 +113,21 @@ RECORDED_STEPS = 3
 # ----------------------------------------------------------------------------------------------- setup (parent)
 
 
+SIZES = {
+    "16m": dict(vocab_size=8192, hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+                num_key_value_heads=2),
+    "125m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                 num_attention_heads=12, num_key_value_heads=4),
+}
+"""Llama-architecture configs: ``16m`` (15.7M parameters, the default) and ``125m`` (124.7M, GQA 12/4 heads)."""
+
+
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
-    """A Llama-architecture config: 6 layers, hidden 384, GQA 6/2 heads, vocab 8192 — about 16M parameters."""
+    """The ``--size`` config (a tiny one with ``--quick``)."""
     if args.quick:
         return dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2)
-    return dict(vocab_size=8192, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
-                num_attention_heads=6, num_key_value_heads=2)
+    return SIZES[args.size]
 
 
 def read_pairs(path: Path, limit: int | None = None) -> list[tuple[str, str, str]]:
@@ -221,7 +240,8 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 class StepLog:
     """What an arm records: per-step wall and CPU time (all threads of the process), non-pad and computed tokens,
-    the attention scores computed (each row's length squared: SDPA with a mask computes the masked ones too), the
+    the attention scores computed (each row's length squared, as SDPA with a mask computes the masked ones too; each
+    pair's length squared by pair), the
     first steps' loss and metrics, and a hash of the first batches (to show all arms train on the same ones)."""
 
     def __init__(self) -> None:
@@ -234,14 +254,16 @@ class StepLog:
         self.hashes: list[str] = []
         self.last: tuple[float, float] | None = None
 
-    def batch(self, input_ids, tokens, computed=None) -> None:
+    def batch(self, input_ids, tokens, computed=None, spans=None) -> None:
         """Record a batch (no host sync: the token count stays a tensor until the end): its padded ``input_ids``
         (hashed for the first steps, to show every arm ran the same batches; ``None`` after them), the ``tokens``
-        of its sequences, and ``computed``, the model input actually run when it is not ``input_ids``."""
+        of its sequences, ``computed``, the model input actually run when it is not ``input_ids``, and the pairs'
+        ``spans`` when attention runs by pair (each pair then computes its length squared)."""
         self.tokens.append(tokens)
         computed = input_ids if computed is None else computed
         self.padded.append(computed.numel())
-        self.cells.append(computed.shape[0] * computed.shape[1] ** 2)
+        self.cells.append(computed.shape[0] * computed.shape[1] ** 2 if spans is None
+                          else sum(length**2 for _, _, length in spans))
         if len(self.hashes) < RECORDED_STEPS:
             self.hashes.append(hashlib.blake2b(input_ids.cpu().numpy().tobytes(), digest_size=8).hexdigest())
 
@@ -278,15 +300,20 @@ def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
-    from lit_align.data.packing import CHOSEN, REJECTED, pack_pairs
+    from lit_align.data.packing import CHOSEN, REJECTED, one_row, pack_pairs
+    from lit_align.models.pair_attention import BY_PAIR, pair_rows, pair_spans
 
     device = torch.device(spec["device"])
     policy = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32).to(device).train()
     reference = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32).to(device).eval()
     reference.requires_grad_(False)
+    batch_size, beta, packed = spec["batch_size"], spec["beta"], spec["layout"] == "packed"
+    by_pair = spec["attention"] == "by_pair" and packed
+    if by_pair:
+        policy.set_attn_implementation(BY_PAIR)
+        reference.set_attn_implementation(BY_PAIR)
     optimizer = plain_adamw(policy.parameters(), spec)
     rows = [json.loads(line) for line in Path(spec["order"]).read_text(encoding="utf-8").splitlines()]
-    batch_size, beta, packed = spec["batch_size"], spec["beta"], spec["layout"] == "packed"
 
     def collate(pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sequences = [(p["prompt_ids"], p[side]) for side in ("chosen_ids", "rejected_ids") for p in pairs]
@@ -300,14 +327,23 @@ def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
             response[row, len(prompt) : len(prompt) + len(answer)] = True
         return ids.to(device), attention.to(device), response.to(device)
 
-    def pack(pairs: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The pairs' packed rows; a token may see the earlier tokens of its pair, a rejected one not the chosen."""
-        layout = {name: value.to(device) for name, value in pack_pairs(pairs, 0, spec["row_tokens"]).items()}
-        pair, part = layout["pair_index"], layout["part"]
+    def written_mask(pair: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+        """A token may see the earlier tokens of its pair, a rejected one not the chosen."""
         causal = torch.ones(pair.shape[1], pair.shape[1], dtype=torch.bool, device=device).tril()
         crossing = (part[:, :, None] == REJECTED) & (part[:, None, :] == CHOSEN)
-        mask = ((pair[:, :, None] == pair[:, None, :]) & causal & ~crossing)[:, None]
-        inputs = {"input_ids": layout["input_ids"], "attention_mask": mask, "position_ids": layout["position_ids"]}
+        return ((pair[:, :, None] == pair[:, None, :]) & causal & ~crossing)[:, None]
+
+    def pack(pairs: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pairs' packed rows, with the rows' dense mask or (by pair) each pair's own mask and span."""
+        layout = {name: value.to(device) for name, value in pack_pairs(pairs, 0, spec["row_tokens"]).items()}
+        layout = one_row(layout) if by_pair else layout
+        inputs = {"input_ids": layout["input_ids"], "position_ids": layout["position_ids"]}
+        if by_pair:
+            local = pair_rows(layout)
+            inputs.update(attention_mask=written_mask(local["pair_index"], local["part"]),
+                          pair_spans=pair_spans(layout))
+        else:
+            inputs["attention_mask"] = written_mask(layout["pair_index"], layout["part"])
         return inputs, layout["grid"], layout["response_ids"], layout["response_mask"]
 
     def sequence_logps(model, inputs, grid, ids, response) -> torch.Tensor:
@@ -327,7 +363,8 @@ def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
         if packed:
             inputs, grid, ids, response = pack(pairs)
             tokens = sum(2 * len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
-            log.batch(collate(pairs)[0] if step < RECORDED_STEPS else None, tokens, inputs["input_ids"])
+            log.batch(collate(pairs)[0] if step < RECORDED_STEPS else None, tokens, inputs["input_ids"],
+                      inputs.get("pair_spans"))
         else:
             ids, attention, response = collate(pairs)
             inputs, grid = {"input_ids": ids, "attention_mask": attention}, None
@@ -355,13 +392,17 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
+    import lit_align.models.layout
     from lit_align.callbacks import NonFiniteGuard
     from lit_align.data import PreferenceDataModule
     from lit_align.data.collator import sequence_tokens
     from lit_align.data.packing import CHOSEN, PROMPT, REJECTED
-    from lit_align.models.layout import PACKED
+    from lit_align.models.layout import PACKED, attention_backend
+    from lit_align.models.pair_attention import BY_PAIR, pair_spans
     from lit_align.models.policy import PolicySpec
+    from lit_align.models.sharding import FSDPMixedPrecision
     from lit_align.module import AlignmentModule
     from lit_align.objectives import DPO
     from lit_align.reference import FrozenCopy, OfflineStore
@@ -387,7 +428,8 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
             view = pl_module.pair_view(batch)  # the layout the step runs in (the only one built, while fitting)
             computed = view[PACKED]["input_ids"] if PACKED in view else view["input_ids"]
             ids = padded_ids(batch) if len(log.hashes) < RECORDED_STEPS else None
-            log.batch(ids, sequence_tokens(batch), computed)
+            by_pair = PACKED in view and attention_backend(pl_module.policy.config) == BY_PAIR
+            log.batch(ids, sequence_tokens(batch), computed, pair_spans(view[PACKED]) if by_pair else None)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             log.tick()
@@ -406,18 +448,23 @@ def run_lit(spec: dict[str, Any]) -> dict[str, Any]:
         logged = trainer.callback_metrics
         return {name: logged[f"train/{name}_step"].item() for name in METRICS}
 
+    if spec["attention"] == "dense":  # lit-align before attention by pair: SDPA over each row's whole length
+        lit_align.models.layout.attend_by_pair = lambda model: False
     offline = spec["reference"] == "offline"
     reference = OfflineStore(spec["store"]) if offline else FrozenCopy()
     fused = spec["adamw"] == "fused"  # lit-align's default optimizer at the bench's lr, or torch's own pick
     optimizer = partial(AdamW, lr=spec["lr"]) if fused else partial(torch.optim.AdamW, lr=spec["lr"], weight_decay=0.0)
+    master = spec["precision"] == "bf16-master"  # bf16 weights computed, fp32 master weights: FSDP2 on one process
     module = AlignmentModule(DPO(beta=spec["beta"]), PolicySpec(path=spec["model"]), reference=reference,
-                             optimizer=optimizer, packing=spec["packing"])
+                             optimizer=optimizer, packing=spec["packing"],
+                             mixed_precision=FSDPMixedPrecision() if master else None)
     data = PreferenceDataModule(**spec["data"])
     accelerator = "cpu" if spec["device"] == "cpu" else "gpu"
     guard = [PerTensorGuard()] if spec["guard"] == "per-tensor" else []  # else the trainer's own NonFiniteGuard
-    trainer = AlignmentTrainer(max_steps=spec["total_steps"], accelerator=accelerator, devices=1,
-                               precision=spec["precision"], enable_checkpointing=False, num_sanity_val_steps=0,
-                               limit_val_batches=0,
+    strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1) if master else "auto"
+    trainer = AlignmentTrainer(max_steps=spec["total_steps"], accelerator=accelerator, devices=1, strategy=strategy,
+                               precision="bf16-mixed" if master else spec["precision"], enable_checkpointing=False,
+                               num_sanity_val_steps=0, limit_val_batches=0,
                                default_root_dir=spec["root"], callbacks=[*guard, StepTimer()])
     if spec.get("precompute"):
         start = time.perf_counter()
@@ -495,7 +542,7 @@ def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int
     row_tokens = default_row_tokens()
     data = lit_data_settings(args, workdir, grouped)
     if arm.startswith(ROWS_ARM):
-        row_tokens = data["pack_row_tokens"] = int(arm.removeprefix(ROWS_ARM))
+        row_tokens = data["pack_row_tokens"] = int(arm.removeprefix(ROWS_ARM)) or None
     order = workdir / f"order-{'grouped' if grouped else 'random'}.jsonl"
     name = f"{arm}-{round_index}"
     spec = dict(arm=arm, kind=arm.split("-")[0], device=args.device,
@@ -508,8 +555,15 @@ def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int
                 layout="packed" if arm.startswith("plain-packed") else "padded", row_tokens=row_tokens,
                 adamw="unfused" if arm.endswith(("-unfused", "-previous")) else "fused",
                 guard="per-tensor" if arm.endswith(("-per-tensor-guard", "-previous")) else "norm",
-                precision="bf16-mixed" if arm.endswith("-bf16") else "32-true", data=data)
+                precision=arm_precision(arm), data=data,
+                attention="dense" if arm.endswith("-dense") or arm.startswith(ROWS_ARM) else "by_pair")
     return spec
+
+
+def arm_precision(arm: str) -> str:
+    """``bf16-mixed`` (autocast over fp32 weights) for the ``-bf16`` arms; ``bf16-master`` (FSDP2 on one process,
+    bf16 weights gathered and computed, fp32 master weights and optimizer states) for ``-bf16-master``; else fp32."""
+    return {"-bf16": "bf16-mixed", "-bf16-master": "bf16-master"}.get(arm[arm.find("-bf16"):], "32-true")
 
 
 def default_row_tokens() -> int | None:
@@ -592,23 +646,26 @@ def floor_of(arm: str, summary: dict[str, dict[str, Any]]) -> str:
     """The plain loop an arm is measured against: ``plain-grouped`` for the grouped arms, ``plain-packed`` for the
     other packed lit-align arms (when it ran), ``plain`` for the rest."""
     packed_lit = arm.startswith("lit-align") and not arm.endswith("padded")
+    if arm == "lit-align-dense":
+        return "plain-packed-dense"
     if "grouped" in arm:
         return "plain-packed-grouped" if packed_lit and "plain-packed-grouped" in summary else "plain-grouped"
     return "plain-packed" if packed_lit and "plain-packed" in summary else "plain"
 
 
 def print_rows(summary: dict[str, dict[str, Any]]) -> None:
-    """The row-size arms (``--row-tokens``) beside the default ``lit-align`` arm: what a packed row's length costs."""
+    """The row-size arms (``--row-tokens``) beside ``lit-align-dense`` (the default row size): what a packed row's
+    length costs where attention runs over whole rows."""
     default = default_row_tokens()
     arms = {int(arm.removeprefix(ROWS_ARM)): arm for arm in summary if arm.startswith(ROWS_ARM)}
     if not arms:
         return
-    if "lit-align" in summary and default not in arms:
-        arms[default] = "lit-align"
-    base = summary.get("lit-align")
+    if "lit-align-dense" in summary and default not in arms:
+        arms[default] = "lit-align-dense"
+    base = summary.get("lit-align-dense")
     print(f"\nPacked rows (pack_row_tokens; the data module's default {default}):")
     print("| pack_row_tokens | arm | tokens/s | CPU s/step | tokens/CPU-s | positions/token | attention/token | "
-          f"peak RSS MiB | vs lit-align ({default}) |\n|" + "---|" * 9)
+          f"peak RSS MiB | vs lit-align-dense ({default}) |\n|" + "---|" * 9)
     for size in sorted(arms):
         s = summary[arms[size]]
         print(f"| {size} | {arms[size]} | {s['tokens_per_s']:.0f} | {s['cpu_s_per_step']:.3f} | "
@@ -675,6 +732,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--family", default="llama", help="the model family, at the bench's size (llama, qwen3, "
                         "gemma3_text, or another transformers model_type)")
+    parser.add_argument("--size", default="16m", choices=sorted(SIZES), help="the model's size (default 16m)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3, help=f"untimed steps at the start of each run "
                         f"(>= {RECORDED_STEPS}, whose loss and metrics are recorded)")

@@ -6,12 +6,14 @@ importable::
 
     python tools/gpu_check.py            # one H200: about 1.1B parameters, 8 pairs × 2 × 1024 tokens per step
     python tools/gpu_check.py --tiny     # the same code on CPU with a tiny Llama, in seconds (the test suite's)
-    python tools/gpu_check.py --arms dpo dpo-flex dpo-padded trl-dpo   # a subset
+    python tools/gpu_check.py --arms dpo dpo-dense dpo-flex dpo-padded trl-dpo   # a subset
 
 Arms (the CPU bench's, ``tools/bench.py``, on a GPU, and a few more):
 
-- ``dpo``: frozen-copy reference; pairs in the prompt-shared packed layout (the default) on SDPA with the 4D pair
-  mask; bf16 (FSDP2 mixed precision, fp32 master weights). ``dpo-flex``: the same on FlexAttention, whose
+- ``dpo``: frozen-copy reference; pairs in the prompt-shared packed layout (the default) on SDPA, which attends
+  by pair (one SDPA call per pair with its own mask, the batch in one row: ``lit_align.models.pair_attention``);
+  bf16 (FSDP2 mixed precision, fp32 master weights). ``dpo-dense``: the same with SDPA over the whole packed rows
+  and their 4D mask (lit-align before attention by pair). ``dpo-flex``: the same on FlexAttention, whose
   ``BlockMask`` skips the blocks masked out entirely (other pairs, rejected on chosen; CUDA only: FlexAttention has
   no CPU backward). ``dpo-padded``: the same with ``packing=False`` (each prompt computed twice, rows padded).
   ``dpo-fp32``: ``dpo`` in fp32 throughout, the reference for the bf16 arms' loss agreement.
@@ -46,13 +48,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("dpo", "dpo-flex", "dpo-padded", "dpo-fp32", "tdpo2", "fpo-store", "lora-dpo", "qlora-dpo", "trl-dpo",
-        "trl-fp32")
+ARMS = ("dpo", "dpo-dense", "dpo-flex", "dpo-padded", "dpo-fp32", "tdpo2", "fpo-store", "lora-dpo", "qlora-dpo",
+        "trl-dpo", "trl-fp32")
 FP32_ARMS = ("dpo-fp32", "trl-fp32")
 RECORDED = 3
 """Steps whose loss each arm reports (the first ones; policy = reference at step 0, so its loss is ln 2)."""
-AGREEMENT = (("dpo", "dpo-fp32"), ("dpo-flex", "dpo"), ("dpo-padded", "dpo"), ("trl-dpo", "trl-fp32"),
-             ("dpo", "trl-dpo"), ("dpo-fp32", "trl-fp32"))
+AGREEMENT = (("dpo", "dpo-fp32"), ("dpo-dense", "dpo"), ("dpo-flex", "dpo"), ("dpo-padded", "dpo"),
+             ("trl-dpo", "trl-fp32"), ("dpo", "trl-dpo"), ("dpo-fp32", "trl-fp32"))
 """Pairs of arms that train the same batches from the same weights, whose first losses are compared."""
 ONE_B = dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
              num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -156,6 +158,7 @@ def run_lit(spec: dict, arm: str) -> dict:
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.strategies import ModelParallelStrategy
 
+    import lit_align.models.layout
     from lit_align.data.collator import sequence_tokens
     from lit_align.trainer import AlignmentTrainer
 
@@ -177,6 +180,8 @@ def run_lit(spec: dict, arm: str) -> dict:
         module, data = lit_parts(spec, arm, sharded=False)
         L.seed_everything(0)
         AlignmentTrainer(**common).precompute(module, data)
+    if arm == "dpo-dense":  # lit-align before attention by pair: SDPA over each packed row's whole length
+        lit_align.models.layout.attend_by_pair = lambda model: False
     sharded = arm != "qlora-dpo"  # FSDP2 does not shard bitsandbytes' 4-bit weights: QLoRA runs on one device
     module, data = lit_parts(spec, arm, sharded=sharded)
     L.seed_everything(0)

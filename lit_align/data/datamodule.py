@@ -71,9 +71,11 @@ class PreferenceDataModule(L.LightningDataModule):
         system_prompt: a system message put first in conversations that have none.
         num_proc: processes tokenising (``datasets.map``); unset tokenises in this process.
         pack_row_tokens: about how many tokens a row of the prompt-shared, padding-free layout holds
-            (:mod:`lit_align.data.packing`; the module runs it with ``AlignmentModule(packing=True)``): a batch's
-            pairs go into ``ceil(tokens / pack_row_tokens)`` nearly equal rows, so that attention, whose cost per
-            token grows with the row, stays cheap; ``None`` puts every batch in one row.
+            (:mod:`lit_align.data.packing`; the module runs it with ``AlignmentModule(packing=True)``) where
+            attention runs over whole rows (eager attention, compiled layers, FlexAttention): a batch's pairs go
+            into ``ceil(tokens / pack_row_tokens)`` nearly equal rows, so that attention, whose cost per token grows
+            with the row, stays cheap; ``None`` puts every batch in one row. A model on SDPA attends by pair
+            (:mod:`lit_align.models.pair_attention`) and runs every batch as one row, without padding.
         drop_duplicates: keep each repeated pair once (repeats are counted and warned of either way; a held-out
             pair is never a copy of a training pair, :mod:`lit_align.data.duplicates`).
     """

@@ -1,7 +1,9 @@
 """Prompt-shared, padding-free rows: each pair laid out once as ``[prompt | chosen | rejected]``.
 
-A batch's pairs are concatenated into one row, or shared out between a few nearly equal rows (so that attention,
-whose cost per token grows with the row's length, stays cheap for large batches; only the rows' ends are padded).
+A batch's pairs are concatenated into one row, or shared out between a few nearly equal rows (so that attention
+over whole rows, whose cost per token grows with the row's length, stays cheap for large batches; only the rows'
+ends are padded). Attention by pair (:mod:`lit_align.models.pair_attention`) costs the same on any rows, and runs
+them joined into one without padding (:func:`one_row`).
 Per token a row carries its position id (rejected tokens continue from the prompt's end, as they would in the
 padded layout), the pair it belongs to and its part (prompt, chosen or rejected); :mod:`lit_align.models.layout` turns
 these into the attention mask, in which a token sees the earlier tokens of its own pair except that rejected
@@ -38,9 +40,9 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_token_id: int, row_tokens: int |
             ``ceil(total / row_tokens)`` rows (at most one per pair), longest first onto the emptiest row, so the
             rows come out nearly equal; ``None`` packs every pair into one row, without any padding.
 
-    Returns ``input_ids``, ``position_ids``, ``pair_index`` (``-1`` on padding) and ``part`` of shape ``(R, L)``,
-    and ``grid`` (indices into the ``R · L`` flattened rows), ``response_ids`` and ``response_mask`` of shape
-    ``(2B, W)``.
+    Returns ``input_ids``, ``position_ids``, ``pair_index`` (``-1`` on padding) and ``part`` of shape ``(R, L)``;
+    ``grid`` (indices into the ``R · L`` flattened rows), ``response_ids`` and ``response_mask`` of shape
+    ``(2B, W)``; and ``pair_spans``, each pair's ``(row, start, length)``, of shape ``(B, 3)``.
     """
     lengths = [len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs]
     rows = balanced_rows(lengths, row_tokens)
@@ -50,6 +52,7 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_token_id: int, row_tokens: int |
     pair_index = torch.full((len(rows), width), -1, dtype=torch.long)
     part = torch.full((len(rows), width), PROMPT, dtype=torch.long)
     grids: list[list[int]] = [[] for _ in range(2 * len(pairs))]
+    spans = torch.zeros((len(pairs), 3), dtype=torch.long)
     for row, members in enumerate(rows):
         offset = 0
         for index in members:
@@ -59,6 +62,7 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_token_id: int, row_tokens: int |
             position_ids[row, span] = torch.tensor(
                 [*range(len(prompt) + len(chosen)), *range(len(prompt), len(prompt) + len(rejected))])
             pair_index[row, span] = index
+            spans[index] = torch.tensor([row, offset, lengths[index]])
             part[row, span] = torch.tensor([PROMPT] * len(prompt) + [CHOSEN] * len(chosen)
                                            + [REJECTED] * len(rejected))
             chosen_start = row * width + offset + len(prompt)
@@ -77,7 +81,23 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_token_id: int, row_tokens: int |
         "grid": grid,
         "response_ids": torch.where(valid, input_ids.flatten()[grid], pad_token_id),
         "response_mask": response_mask,
+        "pair_spans": spans,
     }
+
+
+def one_row(packed: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``packed``'s rows joined into one, their end padding dropped, its grid and spans pointing into it: the layout
+    for attention by pair (:mod:`lit_align.models.pair_attention`), whose cost does not depend on the rows, so that
+    no position is spent on padding."""
+    real = (packed["pair_index"] >= 0).flatten()
+    if real.all() and len(packed["pair_index"]) == 1:
+        return packed
+    joined_index = real.cumsum(0) - 1  # where each position of the flattened rows goes (a grid's padding: to 0)
+    spans = packed["pair_spans"]
+    starts = joined_index[spans[:, 0] * packed["pair_index"].shape[1] + spans[:, 1]]
+    rows = {name: packed[name].flatten()[real][None] for name in ("input_ids", "position_ids", "pair_index", "part")}
+    return {**packed, **rows, "grid": joined_index[packed["grid"]],
+            "pair_spans": torch.stack([torch.zeros_like(starts), starts, spans[:, 2]], dim=1)}
 
 
 def balanced_rows(lengths: list[int], row_tokens: int | None) -> list[list[int]]:

@@ -18,6 +18,7 @@ if its family is one of :data:`VERIFIED_MODEL_TYPES`, those the test suite check
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
 from lit_align.models.families import FAMILIES, REFUSED, VERIFIED_MODEL_TYPES
+from lit_align.models.pair_attention import Spans
 
 __all__ = ["POST_HEAD", "VERIFIED_MODEL_TYPES", "OutputHead", "check_output_head", "final_hidden",
            "hidden_through_forward", "output_head", "softcap"]
@@ -91,26 +93,35 @@ def output_head(model: nn.Module) -> OutputHead:
 
 
 def final_hidden(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | dict[str, Tensor], position_ids: Tensor | None = None
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | dict[str, Tensor], position_ids: Tensor | None = None,
+    pair_spans: Spans | None = None,
 ) -> Tensor:
     """Final hidden states (after the last norm: Llama's ``norm``, GPT-2's ``ln_f``, GPT-NeoX's
     ``final_layer_norm``, ...) of a causal LM, without computing any logits.
 
     ``attention_mask`` is a 2D padding mask, or a prepared 4D mask (one per layer type for the families that take
-    that) with the tokens' ``position_ids`` (see :mod:`lit_align.models.layout`).
+    that) with the tokens' ``position_ids`` (see :mod:`lit_align.models.layout`), and ``pair_spans`` where the model
+    attends by pair (:mod:`lit_align.models.pair_attention`).
 
     A model sharded with FSDP (:mod:`lit_align.models.sharding`) runs through its own forward, which gathers its root
     unit (embedding, norm and, with FSDP2, LM head), with logits for the last position only."""
-    positions = {} if position_ids is None else {"position_ids": position_ids}
+    extra = packed_arguments(position_ids, pair_spans)
     if isinstance(model, FSDPModule | FullyShardedDataParallel):
-        return hidden_through_forward(model, input_ids, attention_mask, **positions)
+        return hidden_through_forward(model, input_ids, attention_mask, **extra)
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     decoder = base.get_decoder()
-    return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **positions).last_hidden_state
+    return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).last_hidden_state
+
+
+def packed_arguments(position_ids: Tensor | None, pair_spans: Spans | None) -> dict[str, Any]:
+    """The packed layout's decoder arguments that were given."""
+    extra = {"position_ids": position_ids, "pair_spans": pair_spans}
+    return {name: value for name, value in extra.items() if value is not None}
 
 
 def hidden_through_forward(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | dict[str, Tensor], position_ids: Tensor | None = None
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | dict[str, Tensor], position_ids: Tensor | None = None,
+    pair_spans: Spans | None = None,
 ) -> Tensor:
     """:func:`final_hidden` through the model's own forward, with logits for the last position only: the
     ``last_hidden_state`` its decoder returns, caught on the way (a forward's last ``hidden_states`` entry is not
@@ -119,8 +130,8 @@ def hidden_through_forward(
     hook = model.get_decoder().register_forward_hook(lambda module, args, output: caught.append(
         output.last_hidden_state))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-              logits_to_keep=1)
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1,
+              **packed_arguments(position_ids, pair_spans))
     finally:
         hook.remove()
     return caught[-1]

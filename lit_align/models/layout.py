@@ -5,9 +5,10 @@ A collated batch (:class:`~lit_align.data.PairCollator`) carries both layouts; t
 
 - :func:`padded_view`: today's ``(2B, T)`` rows, chosen then rejected, each with its prompt.
 - :func:`packed_view`: each pair once as ``[prompt | chosen | rejected]``, the pairs concatenated into a few
-  rows (:mod:`lit_align.data.packing`); its ``input_ids`` and ``response_mask`` are those of the response grid,
-  so code that reads response positions from ``(input_ids, response_mask)`` works unchanged on
-  :func:`response_states`.
+  rows (:mod:`lit_align.data.packing`), or into one where the model attends by pair
+  (:mod:`lit_align.models.pair_attention`, SDPA's default here); its ``input_ids`` and ``response_mask`` are those
+  of the response grid, so code that reads response positions from ``(input_ids, response_mask)`` works unchanged
+  on :func:`response_states`.
 
 The packed attention mask (``1`` = may attend), for one pair with prompt ``p``, chosen ``c``, rejected ``r``::
 
@@ -32,18 +33,23 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from peft import PeftModel
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from transformers import PretrainedConfig
 
-from lit_align.data.packing import CHOSEN, REJECTED
+from lit_align.data.packing import CHOSEN, REJECTED, one_row
+from lit_align.models.compiling import is_compiled
 from lit_align.models.families import FAMILIES, packed_families
+from lit_align.models.pair_attention import BY_PAIR, pair_rows, pair_spans
+from lit_align.sae.hooks import decoder_layers
 
 PACKED = "packed_layout"
 """The key of a packed view's rows (its presence marks the view as packed)."""
-MASK_BACKENDS = ("sdpa", "eager", "flex_attention")
+MASK_BACKENDS = ("sdpa", "eager", "flex_attention", BY_PAIR)
 """Attention backends that take a custom mask: SDPA a boolean 4D mask, eager an additive one, FlexAttention a
-``BlockMask`` (which skips the blocks that are masked out entirely: other pairs, the rejected-on-chosen block)."""
+``BlockMask`` (which skips the blocks that are masked out entirely: other pairs, the rejected-on-chosen block),
+SDPA by pair (:mod:`lit_align.models.pair_attention`) each pair's own boolean mask."""
 MASK_BY_LAYER_TYPE = packed_families("mask_per_layer_type")
 """Families whose decoder takes one mask per layer type (``{"full_attention": …, "sliding_attention": …}``); from
 the registry's ``packed`` field (:mod:`lit_align.models.families`)."""
@@ -78,12 +84,28 @@ def packing_obstacle(model: nn.Module) -> str | None:
 
 
 def takes_packing(*models: nn.Module | None) -> bool:
-    """Whether every model given takes the packed layout; when one cannot, say why (once per call)."""
-    obstacles = [packing_obstacle(model) for model in models if model is not None]
-    obstacle = next((reason for reason in obstacles if reason is not None), None)
+    """Whether every model given takes the packed layout; when one cannot, say why (once per call). When they all
+    do, those on SDPA switch to attention by pair (:func:`attend_by_pair`)."""
+    given = [model for model in models if model is not None]
+    obstacle = next((reason for reason in map(packing_obstacle, given) if reason is not None), None)
     if obstacle is not None:
         rank_zero_warn(f"pairs run in the padded layout: {obstacle}")
-    return obstacle is None
+        return False
+    for model in given:
+        attend_by_pair(model)
+    return True
+
+
+def attend_by_pair(model: nn.Module) -> bool:
+    """Switch ``model`` (a causal LM or a PEFT wrapper) from SDPA to :data:`BY_PAIR`; whether it now runs it."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    backend = attention_backend(base.config)
+    if backend == BY_PAIR:
+        return True
+    if backend != "sdpa" or any(is_compiled(layer) for layer in decoder_layers(base)):
+        return False
+    base.set_attn_implementation(BY_PAIR)
+    return True
 
 
 def padded_view(batch: dict[str, Any]) -> dict[str, Any]:
@@ -91,20 +113,27 @@ def padded_view(batch: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in batch.items() if name != "packed"}
 
 
-def packed_view(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch in the packed layout: ``input_ids`` and ``response_mask`` of the response grid, the rows apart."""
+def packed_view(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """The batch in the packed layout: ``input_ids`` and ``response_mask`` of the response grid, the rows apart
+    (joined into one row, :func:`~lit_align.data.packing.one_row`, when ``model`` attends by pair)."""
     packed = batch["packed"]
+    if attention_backend(model.config) == BY_PAIR:
+        packed = one_row(packed)
     return {"example_key": batch["example_key"], "input_ids": packed["response_ids"],
             "response_mask": packed["response_mask"], PACKED: packed}
 
 
 def decoder_inputs(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """Keyword arguments for ``model``'s decoder on ``batch``'s view: ids, attention mask(s), position ids."""
+    """Keyword arguments for ``model``'s decoder on ``batch``'s view: ids, attention mask(s), position ids, and the
+    pairs' spans for attention by pair."""
     packed = batch.get(PACKED)
     if packed is None:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    return {"input_ids": packed["input_ids"], "attention_mask": attention_masks(packed, model),
-            "position_ids": packed["position_ids"]}
+    inputs = {"input_ids": packed["input_ids"], "attention_mask": attention_masks(packed, model),
+              "position_ids": packed["position_ids"]}
+    if attention_backend(model.config) == BY_PAIR:
+        inputs["pair_spans"] = pair_spans(packed)
+    return inputs
 
 
 def response_states(batch: dict[str, Any], states: Tensor) -> Tensor:
@@ -152,8 +181,10 @@ def pair_mask(packed: dict[str, Tensor], window: int | None = None) -> Tensor:
 
 def _backend_mask(packed: dict[str, Tensor], window: int | None, model: nn.Module) -> Tensor | BlockMask:
     """SDPA takes the boolean mask, eager attention adds it to the scores (0 or the dtype's minimum),
-    FlexAttention takes it as a ``BlockMask``."""
+    FlexAttention takes it as a ``BlockMask``, SDPA by pair each pair's own boolean mask."""
     backend = attention_backend(model.config)
+    if backend == BY_PAIR:
+        return pair_mask(pair_rows(packed), window)
     if backend == "flex_attention":
         rows, length = packed["pair_index"].shape
         return create_block_mask(pair_rule(packed, window), rows, None, length, length,

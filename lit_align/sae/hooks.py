@@ -21,6 +21,9 @@ from types import TracebackType
 
 from torch import Tensor, nn
 
+from lit_align.models.head import packed_arguments
+from lit_align.models.pair_attention import Spans
+
 
 class _StopForward(Exception):
     """Raised by a stopping capture hook once it holds the activations; swallowed by its own context."""
@@ -104,8 +107,10 @@ def residual_stream(
     input_ids: Tensor,
     attention_mask: Tensor | dict[str, Tensor] | None = None,
     position_ids: Tensor | None = None,
+    pair_spans: Spans | None = None,
 ) -> Tensor:
-    """Output of decoder layer ``layer`` for a batch, running only the layers up to it.
+    """Output of decoder layer ``layer`` for a batch, running only the layers up to it (the packed layout's
+    ``position_ids`` and ``pair_spans`` as :func:`lit_align.models.head.final_hidden` takes them).
 
     Gradients flow if they are enabled; wrap in ``torch.no_grad()`` for a frozen reference.
 
@@ -114,6 +119,6 @@ def residual_stream(
     """
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     with ResidualCapture(model, layer, stop=True) as capture:
-        positions = {} if position_ids is None else {"position_ids": position_ids}
-        decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **positions)
+        decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                **packed_arguments(position_ids, pair_spans))
     return capture.activations
