@@ -581,10 +581,12 @@ def launch(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     for folder in ("specs", "results", "logs"):
         (workdir / folder).mkdir(exist_ok=True)
     spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if spec["threads"]:  # else Lightning's strategies for several processes set torch's threads to the cores
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
     with open(spec["log"], "w") as output:
         done = subprocess.run([sys.executable, "-m", "tools.bench", "--child", str(spec_path)], stdout=output,
-                              stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-                              cwd=ROOT)
+                              stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     if done.returncode != 0:
         tail = Path(spec["log"]).read_text().splitlines()[-25:]
         raise RuntimeError(f"arm {spec['arm']} failed (log {spec['log']}):\n" + "\n".join(tail))
