@@ -66,7 +66,7 @@ Run::
     python -m tools.bench --quick               # a smoke test: tiny model, 2 steps, 1 thread, plain + lit-align + trl
     python -m tools.bench --arms plain-packed lit-align lit-align-previous trl trl-unfused --rounds 2
     python -m tools.bench --arms lit-align-dense --row-tokens 256 384 1024 --rounds 2   # rows' size, dense attention
-    python -m tools.bench --size 125m --arms plain-packed lit-align trl --rounds 2 --steps 4 --warmup 2
+    python -m tools.bench --size 125m --arms plain-packed lit-align trl --rounds 2 --steps 3 --pairs 64
 
 TRL is an optional extra (``pip install -e ".[bench]"``); without it the TRL arms are skipped, saying so.
 """
@@ -241,8 +241,8 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 class StepLog:
     """What an arm records: per-step wall and CPU time (all threads of the process), non-pad and computed tokens,
     the attention scores computed (each row's length squared, as SDPA with a mask computes the masked ones too; each
-    pair's length squared by pair), the
-    first steps' loss and metrics, and a hash of the first batches (to show all arms train on the same ones)."""
+    pair's length squared by pair), the first steps' loss and metrics, and a hash of the first batches (to show all
+    arms train on the same ones)."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
