@@ -563,7 +563,9 @@ def arm_spec(arm: str, args: argparse.Namespace, workdir: Path, round_index: int
 def arm_precision(arm: str) -> str:
     """``bf16-mixed`` (autocast over fp32 weights) for the ``-bf16`` arms; ``bf16-master`` (FSDP2 on one process,
     bf16 weights gathered and computed, fp32 master weights and optimizer states) for ``-bf16-master``; else fp32."""
-    return {"-bf16": "bf16-mixed", "-bf16-master": "bf16-master"}.get(arm[arm.find("-bf16"):], "32-true")
+    if arm.endswith("-bf16-master"):
+        return "bf16-master"
+    return "bf16-mixed" if arm.endswith("-bf16") else "32-true"
 
 
 def default_row_tokens() -> int | None:
